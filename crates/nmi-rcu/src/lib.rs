@@ -1,0 +1,2 @@
+// BEGIN handler-layer modules
+// END handler-layer modules

@@ -1,0 +1,1 @@
+//! Placeholder: the signal layer lands here.
