@@ -91,7 +91,9 @@ pub mod signal;
 #[cfg(not(loom))]
 pub use handler::{BoxedHandler, HandlerSlot, Outcome, PreparedHandler, RetiredHandler};
 #[cfg(not(loom))]
-pub use handlers::{HandlerError, HandlerRegistry, HandlerStats, Order, RemovedHandler};
+pub use handlers::{
+    HandlerError, HandlerRegistry, HandlerStats, Order, RemovedHandler, DEFAULT_WATCHDOG_THRESHOLD,
+};
 // END handler-layer modules
 
 /// Long-form documentation pages.
