@@ -83,6 +83,7 @@
 
 mod action;
 mod context;
+mod panic_hook;
 mod sys;
 mod trampoline;
 
@@ -546,6 +547,7 @@ pub fn register_with(
     }
     drop(lock);
 
+    panic_hook::install();
     start_watchdog();
     Ok(Registration {
         signal,

@@ -9,7 +9,10 @@
 //!    handler panics instead of deadlocking;
 //! 3. dispatches through the signal's [`HandlerRegistry`] inside
 //!    [`std::panic::catch_unwind`]; a panic becomes a message written with
-//!    `write(2)` and an abort, so nothing unwinds into the kernel's frame;
+//!    `write(2)` and an abort, so nothing unwinds into the kernel's frame.
+//!    The panic hook wrapper of [`super::panic_hook`] normally aborts
+//!    before unwinding even starts, which matters on small alternate
+//!    stacks;
 //! 4. leaves `NmiContext`, and when no handler claimed the signal, passes
 //!    it on as [`super::action`] describes (the previous handler may jump
 //!    out with `siglongjmp`, so nothing of ours may still be open then);
@@ -32,6 +35,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::action::{self, Fallback, PreviousAction};
 use super::context::SignalContext;
+use super::panic_hook::DispatchMarker;
 use super::{sys, Error, Signal, SignalStats, MAX_SIGNAL_NUMBER};
 use crate::{read_lock, HandlerRegistry, NmiContext, RcuBox, RcuOption};
 
@@ -213,6 +217,10 @@ pub(crate) fn previous_action(signal: Signal) -> Option<libc::sigaction> {
         .map(|previous| *previous.raw())
 }
 
+/// The message written before aborting on a handler's panic.
+pub(crate) const PANIC_MESSAGE: &[u8] =
+    b"a registered handler panicked; a signal handler cannot unwind";
+
 /// The function the kernel calls for every signal with a trampoline.
 ///
 /// # Async-signal safety
@@ -264,6 +272,7 @@ unsafe fn dispatch(
     ucontext: *mut c_void,
 ) -> usize {
     let _nmi = NmiContext::enter();
+    let _marker = DispatchMarker::enter(signal.number());
     // SAFETY: precondition 1 discharges both preconditions of `new`; the
     // context does not outlive this function.
     let context = unsafe { SignalContext::new(signal, info, ucontext, sys::gettid()) };
@@ -272,10 +281,7 @@ unsafe fn dispatch(
         Err(payload) => {
             // Dropping the payload could run arbitrary code; abort instead.
             core::mem::forget(payload);
-            sys::fatal(
-                signal.number(),
-                b"a registered handler panicked; a signal handler cannot unwind",
-            )
+            sys::fatal(signal.number(), PANIC_MESSAGE)
         }
     }
 }
