@@ -1,0 +1,114 @@
+//! What a benchmark run measures and for how long.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::harness::SamplePlan;
+
+/// The settings of one benchmark run. [`Config::full`] and
+/// [`Config::quick`] are the two presets; fields can be changed after.
+///
+/// # Examples
+///
+/// ```
+/// let mut config = nmi_rcu_bench::Config::quick();
+/// config.threads = vec![1, 2];
+/// assert!(config.quick);
+/// ```
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Whether this is the quick preset (recorded in the report).
+    pub quick: bool,
+    /// Thread counts for the read-side loops.
+    pub threads: Vec<usize>,
+    /// Samples of the read-side loops.
+    pub read_plan: SamplePlan,
+    /// Untimed `synchronize` calls before the timed ones.
+    pub synchronize_warmup: usize,
+    /// Timed `synchronize` calls per setting.
+    pub synchronize_calls: usize,
+    /// Timed `synchronize` calls with many idle threads, which take longer.
+    pub synchronize_calls_many: usize,
+    /// Idle registered threads in the "many threads" setting.
+    pub many_threads: usize,
+    /// Updater counts for the aggregate `synchronize` rate.
+    pub updaters: Vec<usize>,
+    /// How long each updater count runs.
+    pub rate_duration: Duration,
+    /// Individually timed `call_rcu` calls.
+    pub call_rcu_calls: usize,
+    /// Duration of the sustained `call_rcu` load.
+    pub call_rcu_load: Duration,
+    /// Rounds of signal deliveries and of registration pairs.
+    pub signal_samples: usize,
+    /// Signal deliveries per contender and round.
+    pub deliveries_per_sample: usize,
+    /// Register + unregister pairs per contender and round.
+    pub pairs_per_sample: usize,
+}
+
+impl Config {
+    /// The full run: a few minutes on 2 cores.
+    pub fn full() -> Config {
+        Config {
+            quick: false,
+            threads: default_threads(),
+            read_plan: SamplePlan {
+                warmup_samples: 3,
+                samples: 60,
+                sample_time: Duration::from_millis(10),
+            },
+            synchronize_warmup: 50,
+            synchronize_calls: 5000,
+            synchronize_calls_many: 1000,
+            many_threads: 1000,
+            updaters: vec![1, 2, 4, 8, 16],
+            rate_duration: Duration::from_millis(1000),
+            call_rcu_calls: 200_000,
+            call_rcu_load: Duration::from_secs(2),
+            signal_samples: 60,
+            deliveries_per_sample: 2000,
+            pairs_per_sample: 500,
+        }
+    }
+
+    /// The quick run: under a minute on 2 cores, with fewer and shorter
+    /// samples, so its tails (p99) are rougher.
+    pub fn quick() -> Config {
+        Config {
+            quick: true,
+            threads: default_threads(),
+            read_plan: SamplePlan {
+                warmup_samples: 1,
+                samples: 15,
+                sample_time: Duration::from_millis(4),
+            },
+            synchronize_warmup: 10,
+            synchronize_calls: 1000,
+            synchronize_calls_many: 200,
+            many_threads: 1000,
+            updaters: vec![1, 2, 4, 8, 16],
+            rate_duration: Duration::from_millis(200),
+            call_rcu_calls: 50_000,
+            call_rcu_load: Duration::from_millis(500),
+            signal_samples: 15,
+            deliveries_per_sample: 1000,
+            pairs_per_sample: 200,
+        }
+    }
+}
+
+/// Returns 1 to the core count, then twice the core count.
+///
+/// # Examples
+///
+/// ```
+/// let threads = nmi_rcu_bench::config::default_threads();
+/// assert_eq!(threads[0], 1);
+/// assert_eq!(*threads.last().unwrap(), 2 * (threads.len() - 1));
+/// ```
+pub fn default_threads() -> Vec<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (1..=cores).chain([2 * cores]).collect()
+}
