@@ -96,6 +96,17 @@ impl<A: 'static> PreparedHandler<A> {
     }
 }
 
+// SAFETY: the `RcuBox` owns its allocation exclusively, like a `Box`: its
+// reclamation link stays null until the value is published, and the boxed
+// handler is `Send + Sync`. The core does not mark `RcuBox` `Send` because
+// of that raw link pointer, so a prepared handler built on one thread could
+// not otherwise be handed to the thread whose signal handler publishes it.
+unsafe impl<A: 'static> Send for PreparedHandler<A> {}
+
+// SAFETY: a shared `&PreparedHandler` gives access to nothing but `Debug`,
+// which reads no field.
+unsafe impl<A: 'static> Sync for PreparedHandler<A> {}
+
 impl<A: 'static> fmt::Debug for PreparedHandler<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PreparedHandler").finish_non_exhaustive()
