@@ -539,9 +539,10 @@ impl<A: 'static> HandlerRegistry<A> {
         self.counts.total()
     }
 
-    /// Returns the number of dispatches on the thread that owns slot
+    /// Returns the number of dispatches on the threads that have owned slot
     /// `thread_slot` in the core's thread registry (see
-    /// [`crate::current_thread_slot`]); 0 for a slot out of range.
+    /// [`crate::current_thread_slot`]); 0 for a slot out of range. A slot
+    /// is reused after its thread exits, and the count carries over.
     ///
     /// # Async-signal safety
     ///
