@@ -48,7 +48,7 @@ pub const DEFAULT_WATCHDOG_THRESHOLD: Duration = Duration::from_millis(1);
 /// The minimum time between two watchdog warnings for the same handler.
 const WARNING_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Where a new handler goes in the dispatch order.
+/// The position of a new handler in the dispatch order.
 ///
 /// # Examples
 ///
@@ -108,13 +108,13 @@ impl std::error::Error for HandlerError {}
 pub struct HandlerStats {
     /// The name the handler was registered under.
     pub name: String,
-    /// Where the handler was placed when it was registered.
+    /// The position the handler was registered at.
     pub order: Order,
     /// Calls of the handler.
     pub calls: u64,
     /// Calls that returned [`Outcome::Handled`].
     pub handled: u64,
-    /// The longest call.
+    /// The maximum duration of one call.
     pub max_duration: Duration,
 }
 
@@ -437,7 +437,7 @@ impl<A: 'static> HandlerRegistry<A> {
     /// # Async-signal safety
     ///
     /// Safe: a wait-free read-side critical section, `clock_gettime`
-    /// (listed in signal-safety(7)) and Relaxed atomics; the handlers must
+    /// (listed in signal-safety(7)) and Relaxed atomics. The handlers must
     /// themselves be async-signal-safe when this runs in a signal handler.
     ///
     /// # Examples
@@ -621,8 +621,8 @@ impl<A: 'static> HandlerRegistry<A> {
         self.report_locked(&lock);
     }
 
-    /// The body of [`HandlerRegistry::report_slow_handlers`], for callers
-    /// that already hold the update lock.
+    /// Reports slow handlers like [`HandlerRegistry::report_slow_handlers`],
+    /// for callers that already hold the update lock.
     fn report_locked(&self, _lock: &MutexGuard<'_, ()>) {
         // Acquire: pairs with the Release store in `dispatch`, so the
         // maximum that raised the flag is visible below.

@@ -96,7 +96,7 @@ pub(crate) struct PreviousAction {
     reset_done: AtomicBool,
 }
 
-/// What to do with a declined signal, decided from a [`PreviousAction`].
+/// The treatment of a declined signal, decided from a [`PreviousAction`].
 #[derive(Clone, Copy)]
 pub(crate) enum Fallback {
     /// Call this previous handler.
@@ -147,7 +147,7 @@ impl PreviousAction {
             libc::SIG_IGN => Fallback::Ignore,
             _ if self.action.sa_flags & libc::SA_RESETHAND == 0 => Fallback::Handler(self.action),
             // AcqRel: exactly one of several concurrent deliveries wins the
-            // swap; the ordering keeps `to_restore` from reading a stale
+            // swap. The ordering keeps `to_restore` from reading a stale
             // value after a delivery on another thread consumed the call.
             _ if !self.reset_done.swap(true, Ordering::AcqRel) => Fallback::Handler(self.action),
             _ => Fallback::Default,

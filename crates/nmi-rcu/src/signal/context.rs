@@ -116,7 +116,7 @@ impl SignalContext {
             self.signal.number(),
             libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGTRAP
         );
-        // SAFETY: for these signals with a kernel `si_code` the union holds
+        // SAFETY: for these signals with a kernel `si_code` the union contains
         // the fault fields.
         (fault && self.code() > 0).then(|| unsafe { self.siginfo().si_addr() } as usize)
     }
@@ -128,7 +128,7 @@ impl SignalContext {
             self.code(),
             libc::SI_QUEUE | libc::SI_TIMER | libc::SI_MESGQ
         );
-        // SAFETY: for these codes the union holds `si_value`.
+        // SAFETY: for these codes the union contains `si_value`.
         carries_value.then(|| unsafe { self.siginfo().si_value() })
     }
 

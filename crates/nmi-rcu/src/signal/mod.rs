@@ -96,6 +96,8 @@ pub use action::DefaultAction;
 pub use context::SignalContext;
 
 use crate::{HandlerError, HandlerStats, Order, Outcome};
+#[cfg(doc)]
+use crate::HandlerRegistry;
 
 /// The largest signal number on Linux (`_NSIG - 1`); `SIGRTMAX` is never
 /// larger.

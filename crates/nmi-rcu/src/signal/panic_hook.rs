@@ -1,15 +1,16 @@
 //! Aborting on a handler's panic before the panic unwinds.
 //!
 //! The trampoline catches a panicking handler with `catch_unwind` and
-//! aborts, but unwinding itself needs more stack than some alternate signal
-//! stacks have: the Rust runtime gives each thread 8 KiB (`SIGSTKSZ`), and
-//! unwinding a panic there overflows it, so the process would die of
-//! `SIGSEGV` with no message. The first registration therefore wraps the
-//! process's panic hook: inside the trampoline's dispatch, the wrapper
-//! writes the panic message with `write(2)` and aborts at once; elsewhere it
-//! calls the hook that was installed before. A hook installed later by the
-//! program replaces the wrapper; then `catch_unwind` remains the only
-//! guard.
+//! aborts. Unwinding itself, though, needs more stack than some alternate
+//! signal stacks have. The Rust runtime's per-thread alternate stack is
+//! 8 KiB here (Rust 1.95, glibc 2.36), and unwinding a panic on it
+//! overflows it, so the process would die of `SIGSEGV` with no message.
+//!
+//! The first registration therefore wraps the process's panic hook. Inside
+//! the trampoline's dispatch, the wrapper writes the panic message with
+//! `write(2)` and aborts at once. Elsewhere it calls the hook that was
+//! installed before. A hook that the program installs later replaces the
+//! wrapper, and then `catch_unwind` is the only guard left.
 
 use core::cell::Cell;
 use core::ffi::c_int;

@@ -185,8 +185,8 @@ pub(crate) fn queue_to_self_or_die(signo: c_int, info: *const libc::siginfo_t) {
     let pid = unsafe { libc::getpid() };
     let tid = gettid();
     // SAFETY: `info` points to the siginfo the kernel passed to the
-    // trampoline, which stays valid for the whole handler invocation; the
-    // kernel copies it before returning.
+    // trampoline, which stays valid for the whole handler invocation. The
+    // kernel copies it before the call returns.
     let rc = unsafe { libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, signo, info) };
     if rc != 0 {
         fatal(
@@ -197,8 +197,8 @@ pub(crate) fn queue_to_self_or_die(signo: c_int, info: *const libc::siginfo_t) {
 }
 
 /// Writes `bytes` to standard error with `write(2)`, retrying on `EINTR`
-/// and short writes and giving up silently on any other error: this is the
-/// last output before an abort, so there is nobody left to report to.
+/// and short writes and giving up silently on any other error, because this is
+/// the last output before an abort and no caller could report the failure.
 ///
 /// # Async-signal safety
 ///

@@ -100,7 +100,7 @@ pub(crate) fn state(signal: Signal) -> &'static SignalState {
 
 /// Returns the states of every signal whose trampoline is installed.
 pub(crate) fn installed_states() -> impl Iterator<Item = &'static SignalState> {
-    // Relaxed: a stale answer only delays a watchdog report.
+    // Relaxed: a stale flag only delays a watchdog report.
     STATES
         .iter()
         .filter(|state| state.installed.load(Ordering::Relaxed))
