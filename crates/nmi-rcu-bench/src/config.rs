@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::grace::CallPlan;
 use crate::harness::SamplePlan;
 
 /// The settings of one benchmark run. [`Config::full`] and
@@ -24,12 +25,8 @@ pub struct Config {
     pub threads: Vec<usize>,
     /// Samples of the read-side loops.
     pub read_plan: SamplePlan,
-    /// Untimed `synchronize` calls before the timed ones.
-    pub synchronize_warmup: usize,
-    /// Timed `synchronize` calls per setting.
-    pub synchronize_calls: usize,
-    /// Timed `synchronize` calls with many idle threads, which take longer.
-    pub synchronize_calls_many: usize,
+    /// Timed `synchronize` calls per reader setting.
+    pub synchronize_plan: CallPlan,
     /// Idle registered threads in the "many threads" setting.
     pub many_threads: usize,
     /// Updater counts for the aggregate `synchronize` rate.
@@ -59,9 +56,11 @@ impl Config {
                 samples: 60,
                 sample_time: Duration::from_millis(10),
             },
-            synchronize_warmup: 50,
-            synchronize_calls: 5000,
-            synchronize_calls_many: 1000,
+            synchronize_plan: CallPlan {
+                warmup: 50,
+                min_calls: 5000,
+                min_time: Duration::from_secs(2),
+            },
             many_threads: 1000,
             updaters: vec![1, 2, 4, 8, 16],
             rate_duration: Duration::from_millis(1000),
@@ -84,9 +83,11 @@ impl Config {
                 samples: 15,
                 sample_time: Duration::from_millis(4),
             },
-            synchronize_warmup: 10,
-            synchronize_calls: 1000,
-            synchronize_calls_many: 200,
+            synchronize_plan: CallPlan {
+                warmup: 10,
+                min_calls: 1000,
+                min_time: Duration::from_millis(300),
+            },
             many_threads: 1000,
             updaters: vec![1, 2, 4, 8, 16],
             rate_duration: Duration::from_millis(200),

@@ -165,26 +165,38 @@ fn reader_thread(
     library.unregister_thread();
 }
 
-/// Times `calls` calls of `synchronize` after `warmup` untimed ones, with
-/// the readers of `setting` running, and returns the latencies in
-/// nanoseconds.
+/// How many `synchronize` calls to time in one setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CallPlan {
+    /// Untimed calls before the timed ones.
+    pub warmup: usize,
+    /// Timed calls, at least.
+    pub min_calls: usize,
+    /// Time spent in timed calls, at least. Back-to-back calls that last
+    /// about a microsecond would otherwise all fit in one scheduler time
+    /// slice, and the tail would never show preemption.
+    pub min_time: Duration,
+}
+
+/// Times `synchronize` calls, back to back, with the readers of `setting`
+/// running, following `plan`, and returns the latencies in nanoseconds.
 pub fn synchronize_latency(
     library: GraceLibrary,
     setting: ReaderSetting,
-    warmup: usize,
-    calls: usize,
+    plan: &CallPlan,
 ) -> Summary {
     let readers = Readers::start(library, setting);
-    for _ in 0..warmup {
+    for _ in 0..plan.warmup {
         library.synchronize();
     }
-    let mut latencies: Vec<f64> = (0..calls)
-        .map(|_| {
-            let start = Instant::now();
-            library.synchronize();
-            start.elapsed().as_nanos() as f64
-        })
-        .collect();
+
+    let mut latencies = Vec::with_capacity(plan.min_calls);
+    let started = Instant::now();
+    while latencies.len() < plan.min_calls || started.elapsed() < plan.min_time {
+        let start = Instant::now();
+        library.synchronize();
+        latencies.push(start.elapsed().as_nanos() as f64);
+    }
     drop(readers);
     Summary::of(&mut latencies)
 }

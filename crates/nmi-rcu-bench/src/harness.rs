@@ -7,10 +7,13 @@
 //! so the threads really run side by side. From each sample come two
 //! figures: the time per iteration on each thread, and the aggregate rate,
 //! which is all the threads' iterations divided by the slowest thread's
-//! time.
+//! time. Several loops are measured in turns, one sample each per round
+//! ([`measure_in_turns`]), so that their ratios come from the same
+//! conditions.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -101,7 +104,7 @@ pub struct LoopSpec {
 }
 
 /// Measures `spec` on `threads` threads running at once, each running
-/// `iterations` per sample, following `plan`.
+/// `iterations` per sample, following `plan`. See [`measure_in_turns`].
 ///
 /// # Panics
 ///
@@ -130,41 +133,68 @@ pub fn measure_threads(
     iterations: u64,
     plan: &SamplePlan,
 ) -> ThreadedMeasurement {
-    assert!(threads > 0, "measure_threads needs at least one thread");
-    let barrier = Arc::new(Barrier::new(threads));
+    let mut measurements = measure_in_turns(&[(Arc::clone(spec), iterations)], threads, plan);
+    measurements.remove(0)
+}
 
-    // Step 1: every thread prepares, warms up, then times its samples, each
-    // sample starting at the barrier with all the other threads.
-    let workers: Vec<_> = (0..threads)
-        .map(|_| {
-            let spec = Arc::clone(spec);
-            let barrier = Arc::clone(&barrier);
-            let plan = *plan;
-            thread::spawn(move || run_samples(&spec, &barrier, iterations, &plan))
-        })
-        .collect();
-    let per_thread: Vec<Vec<Duration>> = workers
-        .into_iter()
-        .map(|worker| worker.join().expect("a measuring thread panicked"))
+/// Measures several loops on `threads` threads each, taking their samples
+/// in turns: one sample of every loop, then the next round. A change in
+/// the machine's speed during the run (another process, frequency
+/// scaling) then shifts every loop alike, which keeps their ratios honest.
+///
+/// Each loop gets its own pool of threads, set up once with
+/// `enter_thread`; a pool's threads wait on a barrier while the other
+/// pools take their samples. `loops` pairs each spec with its iterations
+/// per sample. Returns one measurement per loop, in the same order.
+///
+/// # Panics
+///
+/// Panics if `threads` is zero or a measuring thread panics.
+pub fn measure_in_turns(
+    loops: &[(Arc<LoopSpec>, u64)],
+    threads: usize,
+    plan: &SamplePlan,
+) -> Vec<ThreadedMeasurement> {
+    assert!(threads > 0, "measure_in_turns needs at least one thread");
+    let pools: Vec<Pool> = loops
+        .iter()
+        .map(|(spec, iterations)| Pool::start(spec, threads, *iterations))
         .collect();
 
-    // Step 2: turn the times into per-iteration costs and aggregate rates.
-    let mut ns_per_iteration: Vec<f64> = per_thread
+    // Step 1: the rounds. Each pool runs one sample per round, alone.
+    let mut times: Vec<Vec<Vec<Duration>>> = vec![Vec::with_capacity(plan.samples); pools.len()];
+    for round in 0..plan.warmup_samples + plan.samples {
+        for (pool, pool_times) in pools.iter().zip(&mut times) {
+            let sample = pool.run_sample();
+            if round >= plan.warmup_samples {
+                pool_times.push(sample);
+            }
+        }
+    }
+    drop(pools);
+
+    // Step 2: per-iteration costs and aggregate rates.
+    loops
+        .iter()
+        .zip(&times)
+        .map(|((_, iterations), samples)| summarize(threads, *iterations, samples))
+        .collect()
+}
+
+/// Turns the per-thread times of each sample into the figures.
+fn summarize(threads: usize, iterations: u64, samples: &[Vec<Duration>]) -> ThreadedMeasurement {
+    let mut ns_per_iteration: Vec<f64> = samples
         .iter()
         .flatten()
         .map(|elapsed| elapsed.as_nanos() as f64 / iterations as f64)
         .collect();
-    let mut aggregate_mops: Vec<f64> = (0..plan.samples)
+    let mut aggregate_mops: Vec<f64> = samples
+        .iter()
         .map(|sample| {
-            let slowest = per_thread
-                .iter()
-                .map(|times| times[sample])
-                .max()
-                .unwrap_or_default();
+            let slowest = sample.iter().max().copied().unwrap_or_default();
             (threads as u64 * iterations) as f64 / slowest.as_secs_f64().max(1e-12) / 1e6
         })
         .collect();
-
     ThreadedMeasurement {
         threads,
         iterations_per_sample: iterations,
@@ -173,28 +203,102 @@ pub fn measure_threads(
     }
 }
 
-/// The body of one measuring thread: returns the duration of each timed
-/// sample.
-fn run_samples(
-    spec: &LoopSpec,
-    barrier: &Barrier,
+/// The threads that run one loop, parked on a barrier between samples.
+struct Pool {
+    /// Releases the threads into a sample (or, with `stop` set, out of
+    /// their loop); the main thread is the last party.
+    start: Arc<Barrier>,
+    /// Tells the main thread that every thread has finished its sample.
+    done: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+    /// The last sample's duration on each thread, in nanoseconds.
+    elapsed: Arc<Vec<AtomicU64>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(spec: &Arc<LoopSpec>, threads: usize, iterations: u64) -> Pool {
+        let start = Arc::new(Barrier::new(threads + 1));
+        let done = Arc::new(Barrier::new(threads + 1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let elapsed = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let handles = (0..threads)
+            .map(|index| {
+                let worker = Worker {
+                    spec: Arc::clone(spec),
+                    start: Arc::clone(&start),
+                    done: Arc::clone(&done),
+                    stop: Arc::clone(&stop),
+                    elapsed: Arc::clone(&elapsed),
+                    index,
+                    iterations,
+                };
+                thread::spawn(move || worker.run())
+            })
+            .collect();
+        Pool {
+            start,
+            done,
+            stop,
+            elapsed,
+            threads: handles,
+        }
+    }
+
+    /// Runs one sample on every thread and returns their durations.
+    fn run_sample(&self) -> Vec<Duration> {
+        self.start.wait();
+        self.done.wait();
+        self.elapsed
+            .iter()
+            // Relaxed: the `done` barrier (a mutex and condition variable
+            // inside) orders the workers' stores before these loads.
+            .map(|nanos| Duration::from_nanos(nanos.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Relaxed: the `start` barrier below orders this store before the
+        // workers' loads.
+        self.stop.store(true, Ordering::Relaxed);
+        self.start.wait();
+        for handle in self.threads.drain(..) {
+            if handle.join().is_err() && !thread::panicking() {
+                panic!("a measuring thread panicked");
+            }
+        }
+    }
+}
+
+/// One measuring thread of a [`Pool`].
+struct Worker {
+    spec: Arc<LoopSpec>,
+    start: Arc<Barrier>,
+    done: Arc<Barrier>,
+    stop: Arc<AtomicBool>,
+    elapsed: Arc<Vec<AtomicU64>>,
+    index: usize,
     iterations: u64,
-    plan: &SamplePlan,
-) -> Vec<Duration> {
-    (spec.enter_thread)();
-    for _ in 0..plan.warmup_samples {
-        barrier.wait();
-        std::hint::black_box((spec.run)(iterations));
-    }
+}
 
-    let mut times = Vec::with_capacity(plan.samples);
-    for _ in 0..plan.samples {
-        barrier.wait();
-        let start = Instant::now();
-        std::hint::black_box((spec.run)(iterations));
-        times.push(start.elapsed());
+impl Worker {
+    fn run(self) {
+        (self.spec.enter_thread)();
+        loop {
+            self.start.wait();
+            // Relaxed: ordered by the `start` barrier (see `Pool::drop`).
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let start = Instant::now();
+            std::hint::black_box((self.spec.run)(self.iterations));
+            let nanos = start.elapsed().as_nanos() as u64;
+            // Relaxed: ordered by the `done` barrier (see `Pool::run_sample`).
+            self.elapsed[self.index].store(nanos, Ordering::Relaxed);
+            self.done.wait();
+        }
+        (self.spec.leave_thread)();
     }
-
-    (spec.leave_thread)();
-    times
 }

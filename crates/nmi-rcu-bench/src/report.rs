@@ -20,6 +20,10 @@ pub struct Machine {
     pub cores: usize,
     /// Kernel release from `/proc/sys/kernel/osrelease`.
     pub kernel: String,
+    /// The 1, 5 and 15 minute load averages from `/proc/loadavg` when the
+    /// run started. A load above zero means other processes shared the
+    /// cores, which shows first in the multi-thread figures.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -37,10 +41,21 @@ impl Machine {
             |_| "unknown".to_owned(),
             |release| release.trim().to_owned(),
         );
+        let load_average = std::fs::read_to_string("/proc/loadavg").map_or_else(
+            |_| "unknown".to_owned(),
+            |loadavg| {
+                loadavg
+                    .split_whitespace()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            },
+        );
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, usize::from),
             kernel,
+            load_average,
         }
     }
 }
@@ -190,10 +205,11 @@ impl Report {
     /// Renders every table as text.
     pub fn render_text(&self) -> String {
         let mut out = format!(
-            "nmi-rcu bench: {} cores, {}, Linux {}, {} run in {:.1} s\n\n",
+            "nmi-rcu bench: {} cores, {}, Linux {}, load average {} at start, {} run in {:.1} s\n\n",
             self.machine.cores,
             self.machine.cpu,
             self.machine.kernel,
+            self.machine.load_average,
             if self.config.quick { "quick" } else { "full" },
             self.seconds
         );

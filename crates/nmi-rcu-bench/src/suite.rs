@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::config::Config;
 use crate::dispatch;
 use crate::grace::{self, GraceLibrary, ReaderSetting};
-use crate::harness::{calibrate_spec, measure_threads, LoopSpec};
+use crate::harness::{calibrate_spec, measure_in_turns, LoopSpec};
 use crate::read_side::Contender;
 use crate::report::{Bound, LatencyRow, Machine, ReadSideRow, Report, Skipped, TargetCheck};
 
@@ -21,6 +21,7 @@ use crate::report::{Bound, LatencyRow, Machine, ReadSideRow, Report, Skipped, Ta
 /// ```
 pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> Report {
     let started = Instant::now();
+    let machine = Machine::detect();
     let mut skipped = Vec::new();
 
     let read_side = read_side(config, progress, &mut skipped);
@@ -55,7 +56,7 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> Report {
             });
 
     let mut report = Report {
-        machine: Machine::detect(),
+        machine,
         config: config.clone(),
         read_side,
         dispatch,
@@ -72,13 +73,16 @@ pub fn run(config: &Config, progress: &mut dyn FnMut(&str)) -> Report {
     report
 }
 
-/// Measures every available read-side contender at every thread count.
+/// Measures every available read-side contender at every thread count,
+/// the contenders in turns (see [`measure_in_turns`]).
 fn read_side(
     config: &Config,
     progress: &mut dyn FnMut(&str),
     skipped: &mut Vec<Skipped>,
 ) -> Vec<ReadSideRow> {
-    let mut rows = Vec::new();
+    // Step 1: calibrate each available contender on one thread.
+    let mut loops = Vec::new();
+    let mut names = Vec::new();
     for contender in Contender::ALL {
         if let Err(unavailable) = contender.availability() {
             skipped.push(Skipped {
@@ -87,20 +91,34 @@ fn read_side(
             });
             continue;
         }
-        progress(&format!("read side: {}", contender.name()));
+        progress(&format!("read side: calibrating {}", contender.name()));
         let spec = Arc::new(LoopSpec {
             enter_thread: Box::new(move || contender.enter_thread()),
             run: Box::new(move |iterations| contender.run(iterations)),
             leave_thread: Box::new(move || contender.leave_thread()),
         });
         let iterations = calibrate_spec(&spec, config.read_plan.sample_time);
-        for &threads in &config.threads {
-            let measurement = measure_threads(&spec, threads, iterations, &config.read_plan);
-            rows.push(ReadSideRow {
-                contender: contender.name(),
-                measurement,
-            });
-        }
+        loops.push((spec, iterations));
+        names.push(contender.name());
+    }
+
+    // Step 2: every thread count, all contenders in turns.
+    let mut rows = Vec::new();
+    for &threads in &config.threads {
+        progress(&format!(
+            "read side: {threads} thread(s), {} contenders in turns",
+            loops.len()
+        ));
+        let measurements = measure_in_turns(&loops, threads, &config.read_plan);
+        rows.extend(
+            names
+                .iter()
+                .zip(measurements)
+                .map(|(name, measurement)| ReadSideRow {
+                    contender: name,
+                    measurement,
+                }),
+        );
     }
     rows
 }
@@ -122,22 +140,19 @@ fn synchronize(
     }
 
     let settings = [
-        (ReaderSetting::Idle(1), config.synchronize_calls),
-        (ReaderSetting::Busy(2), config.synchronize_calls),
-        (
-            ReaderSetting::Idle(config.many_threads),
-            config.synchronize_calls_many,
-        ),
+        ReaderSetting::Idle(1),
+        ReaderSetting::Busy(2),
+        ReaderSetting::Idle(config.many_threads),
     ];
     let mut latency = Vec::new();
-    for (setting, calls) in settings {
+    for setting in settings {
         for &library in &libraries {
             progress(&format!(
                 "synchronize latency: {}, {}",
                 library.name(),
                 setting.label()
             ));
-            let ns = grace::synchronize_latency(library, setting, config.synchronize_warmup, calls);
+            let ns = grace::synchronize_latency(library, setting, &config.synchronize_plan);
             latency.push(LatencyRow {
                 library: library.name(),
                 setting: setting.label(),
