@@ -95,9 +95,9 @@ use std::io;
 pub use action::DefaultAction;
 pub use context::SignalContext;
 
-use crate::{HandlerError, HandlerStats, Order, Outcome};
 #[cfg(doc)]
 use crate::HandlerRegistry;
+use crate::{HandlerError, HandlerStats, Order, Outcome};
 
 /// The largest signal number on Linux (`_NSIG - 1`); `SIGRTMAX` is never
 /// larger.

@@ -160,13 +160,11 @@ pub(crate) fn unblock_or_die(signo: c_int) {
 ///
 /// # Async-signal safety
 ///
-/// Safe: a raw `gettid` system call.
+/// Safe: glibc's `gettid` wrapper is a bare system call.
 #[inline]
 pub(crate) fn gettid() -> libc::pid_t {
-    // SAFETY: `gettid` takes no arguments and cannot fail.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
-    // Thread ids fit in `pid_t` by definition of the system call.
-    tid as libc::pid_t
+    // SAFETY: `gettid` has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
 }
 
 /// Queues `signo` with the siginfo `info` to the calling thread, as the

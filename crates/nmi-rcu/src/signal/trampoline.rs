@@ -239,9 +239,11 @@ extern "C" fn trampoline(signo: c_int, info: *mut libc::siginfo_t, ucontext: *mu
     // Relaxed: statistics, see `SignalState`.
     state.delivered.fetch_add(1, Ordering::Relaxed);
 
+    rtsan::realtime_enter();
     // SAFETY: `info` and `ucontext` are the kernel's pointers for this
     // delivery, valid until the trampoline returns.
     let handled = unsafe { dispatch(signal, state, info, ucontext) };
+    rtsan::realtime_exit();
     if handled > 0 {
         state.handled.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -327,5 +329,47 @@ unsafe fn fall_back(
             // SAFETY: preconditions 1 and 2 are this function's.
             unsafe { action::perform_default(signal.number(), info, &trampoline_action()) };
         }
+    }
+}
+
+/// Marks the dispatch path as a real-time region for RealtimeSanitizer when
+/// built with `--cfg nmi_rcu_rtsan` and `-Zsanitizer=realtime`: RTSan then
+/// reports any allocation, lock or blocking call made between
+/// `realtime_enter` and `realtime_exit`, the registered handlers included.
+/// Without that cfg both functions are empty.
+mod rtsan {
+    #[cfg(nmi_rcu_rtsan)]
+    extern "C" {
+        fn __rtsan_realtime_enter();
+        fn __rtsan_realtime_exit();
+    }
+
+    /// Enters the real-time region.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: RTSan's entry point only updates a thread-local depth.
+    #[inline(always)]
+    pub(super) fn realtime_enter() {
+        // SAFETY: the RTSan runtime is linked whenever this cfg is set,
+        // and the call has no preconditions.
+        #[cfg(nmi_rcu_rtsan)]
+        unsafe {
+            __rtsan_realtime_enter()
+        };
+    }
+
+    /// Leaves the real-time region.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe, for the reason given on [`realtime_enter`].
+    #[inline(always)]
+    pub(super) fn realtime_exit() {
+        // SAFETY: as in `realtime_enter`.
+        #[cfg(nmi_rcu_rtsan)]
+        unsafe {
+            __rtsan_realtime_exit()
+        };
     }
 }
