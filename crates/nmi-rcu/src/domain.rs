@@ -27,7 +27,9 @@ use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, O
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{self, Barriers, FallbackCounters, FallbackTicket, GracePeriod, ReaderWord, GP_START};
+use crate::protocol::{
+    self, Barriers, FallbackCounters, FallbackTicket, GracePeriod, ReaderWord, GP_START,
+};
 use crate::reclaim::Queue;
 use crate::threads::{self, MAX_DOMAINS};
 use crate::{nmi, sys};
@@ -56,7 +58,11 @@ static DOMAIN_IDS: AtomicU64 = AtomicU64::new(1);
 /// The domain of each assigned id, so that the child after `fork()` can
 /// repair every domain. Entries are set when an id is assigned and cleared
 /// before the domain is freed.
-static DOMAINS: [AtomicPtrDomain; MAX_DOMAINS] = [const { AtomicPtrDomain::new(core::ptr::null_mut()) }; MAX_DOMAINS];
+static DOMAINS: [AtomicPtrDomain; MAX_DOMAINS] = {
+    let mut table = [const { AtomicPtrDomain::new(core::ptr::null_mut()) }; MAX_DOMAINS];
+    table[0] = AtomicPtrDomain::new((&GLOBAL_INNER as *const DomainInner).cast_mut());
+    table
+};
 
 type AtomicPtrDomain = core::sync::atomic::AtomicPtr<DomainInner>;
 
@@ -85,19 +91,26 @@ fn barriers() -> Barriers {
     }
 }
 
-/// Sets up the process-wide parts once: membarrier registration and the
-/// `fork()` hook.
+/// Sets up the process-wide parts once: membarrier registration.
 pub(crate) fn init() {
-    INIT.call_once(|| {
-        match sys::membarrier_register() {
-            Ok(()) => MEMBARRIER_READY.store(true, Ordering::Relaxed),
-            Err(errno) => log::warn!(
-                "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) is unavailable (errno {errno}); \
+    INIT.call_once(|| match sys::membarrier_register() {
+        Ok(()) => MEMBARRIER_READY.store(true, Ordering::Relaxed),
+        Err(errno) => log::warn!(
+            "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) is unavailable (errno {errno}); \
                  nmi-rcu readers fall back to a full fence on entry and exit"
-            ),
-        }
-        sys::register_atfork_child(after_fork_in_child);
+        ),
     });
+}
+
+/// Registers the `fork()` hook when the program (or the library) is loaded,
+/// before any thread can have entered a read-side section: a fallback
+/// section needs no set-up call, so no later point is early enough.
+#[used]
+#[link_section = ".init_array"]
+static REGISTER_FORK_HOOK: extern "C" fn() = register_fork_hook;
+
+extern "C" fn register_fork_hook() {
+    sys::register_atfork_child(after_fork_in_child);
 }
 
 /// Repairs every domain in the child after `fork()`: frees the registry
@@ -177,7 +190,10 @@ impl Domain {
     /// ```
     pub fn new() -> Domain {
         let inner = Arc::into_raw(Arc::new(DomainInner::new(NO_ID)));
-        Domain { inner, shared: true }
+        Domain {
+            inner,
+            shared: true,
+        }
     }
 
     /// Returns the global domain, the one behind the crate-level functions.
@@ -409,8 +425,12 @@ impl Domain {
     /// nmi_rcu::Domain::new().set_stall_timeout(Duration::from_millis(500));
     /// ```
     pub fn set_stall_timeout(&self, timeout: Duration) {
-        let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.inner().stall_timeout_ms.store(millis, Ordering::Relaxed);
+        let millis = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.inner()
+            .stall_timeout_ms
+            .store(millis, Ordering::Relaxed);
     }
 
     /// Sets the callback backlog above which [`Domain::call_rcu`] makes its
@@ -607,7 +627,10 @@ impl DomainInner {
         });
         Guard {
             domain: self,
-            reader: Reader::Fallback { ticket, row: row as u8 },
+            reader: Reader::Fallback {
+                ticket,
+                row: row as u8,
+            },
             _not_send: PhantomData,
         }
     }
@@ -637,7 +660,10 @@ impl DomainInner {
         if self.id.load(Ordering::Relaxed) == NO_ID {
             if let Some(id) = allocate_id() {
                 // Release: pairs with the Acquire load in the fork hook.
-                DOMAINS[id].store(self as *const DomainInner as *mut DomainInner, Ordering::Release);
+                DOMAINS[id].store(
+                    self as *const DomainInner as *mut DomainInner,
+                    Ordering::Release,
+                );
                 // Relaxed: a reader that misses the new id uses the fallback
                 // path, which grace periods always wait on.
                 self.id.store(id, Ordering::Relaxed);
@@ -689,7 +715,9 @@ impl DomainInner {
             domain: self,
             id: self.id.load(Ordering::Relaxed),
             started: Instant::now(),
-            next_warning: Cell::new(Duration::from_millis(self.stall_timeout_ms.load(Ordering::Relaxed))),
+            next_warning: Cell::new(Duration::from_millis(
+                self.stall_timeout_ms.load(Ordering::Relaxed),
+            )),
         };
         run.run();
         // Release: readers of `gp_seq` (`completed`) may free memory that
@@ -737,7 +765,12 @@ fn allocate_id() -> Option<usize> {
             return None;
         }
         // Acquire: pairs with the Release in `DomainInner::drop`.
-        match DOMAIN_IDS.compare_exchange_weak(ids, ids | (1 << free), Ordering::Acquire, Ordering::Relaxed) {
+        match DOMAIN_IDS.compare_exchange_weak(
+            ids,
+            ids | (1 << free),
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => return Some(free),
             Err(actual) => ids = actual,
         }
@@ -897,7 +930,9 @@ impl Drop for Guard<'_> {
 
 impl core::fmt::Debug for Guard<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Guard").field("fast_path", &self.is_fast_path()).finish()
+        f.debug_struct("Guard")
+            .field("fast_path", &self.is_fast_path())
+            .finish()
     }
 }
 
@@ -963,7 +998,9 @@ pub(crate) struct RawLock {
 
 impl RawLock {
     pub(crate) const fn new() -> Self {
-        Self { state: AtomicU32::new(0) }
+        Self {
+            state: AtomicU32::new(0),
+        }
     }
 
     pub(crate) fn lock(&self) {

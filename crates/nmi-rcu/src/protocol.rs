@@ -121,13 +121,29 @@ pub(crate) type ReaderWord = AtomicUsize;
 /// interruption at any instruction is harmless.
 #[inline(always)]
 pub(crate) fn word_enter(word: &ReaderWord, gp_counter: &AtomicUsize, barriers: Barriers) {
+    word_enter_interruptible(word, gp_counter, barriers, &mut || {});
+}
+
+/// [`word_enter`] with a hook that runs between each load and the store that
+/// depends on it. Production passes an empty closure, which compiles away;
+/// the loom models pass a nested read-side section, standing in for a signal
+/// handler that interrupts the reader at exactly those instructions.
+#[inline(always)]
+pub(crate) fn word_enter_interruptible(
+    word: &ReaderWord,
+    gp_counter: &AtomicUsize,
+    barriers: Barriers,
+    interrupt: &mut dyn FnMut(),
+) {
     // Relaxed: only this thread and its signal handlers store to the word, and
     // a handler restores it before returning (module notes).
     let current = word.load(Ordering::Relaxed);
+    interrupt();
     if current & NEST_MASK == 0 {
         // Relaxed: a stale phase is allowed; grace-period step 2 waits for a
         // reader that stores a phase one flip old.
         let snapshot = gp_counter.load(Ordering::Relaxed);
+        interrupt();
         // Relaxed: ordering against the updater comes from the barrier below
         // (fenced) or from the updater's membarrier (asymmetric).
         word.store(snapshot, Ordering::Relaxed);
@@ -153,8 +169,20 @@ pub(crate) fn word_enter(word: &ReaderWord, gp_counter: &AtomicUsize, barriers: 
 /// Safe: as for [`word_enter`].
 #[inline(always)]
 pub(crate) fn word_exit(word: &ReaderWord, barriers: Barriers) {
+    word_exit_interruptible(word, barriers, &mut || {});
+}
+
+/// [`word_exit`] with a hook between the load and the store, as in
+/// [`word_enter_interruptible`].
+#[inline(always)]
+pub(crate) fn word_exit_interruptible(
+    word: &ReaderWord,
+    barriers: Barriers,
+    interrupt: &mut dyn FnMut(),
+) {
     // Relaxed: see `word_enter`.
     let current = word.load(Ordering::Relaxed);
+    interrupt();
     if current & NEST_MASK == NEST_ONE {
         match barriers {
             // The section's loads must complete before the word says
@@ -183,7 +211,9 @@ pub(crate) fn word_state(value: usize) -> WordState {
     if value & NEST_MASK == 0 {
         WordState::Inactive
     } else {
-        WordState::Active { phase: value & PHASE }
+        WordState::Active {
+            phase: value & PHASE,
+        }
     }
 }
 
