@@ -37,7 +37,7 @@ fn main() {
 /// the reason the shim cannot be built.
 fn find_liburcu() -> Result<(PathBuf, PathBuf), String> {
     if env::var_os("NMI_RCU_BENCH_NO_LIBURCU").is_some_and(|v| v == "1") {
-        return Err("NMI_RCU_BENCH_NO_LIBURCU=1 is set".to_owned());
+        return Err("NMI_RCU_BENCH_NO_LIBURCU=1 was set at build time".to_owned());
     }
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         return Err("liburcu is only probed for on Linux".to_owned());
@@ -47,12 +47,14 @@ fn find_liburcu() -> Result<(PathBuf, PathBuf), String> {
     let include_dirs = candidate_dirs(&["/usr/include", "/usr/local/include"], &multiarch);
     let lib_dirs = candidate_dirs(&["/usr/lib", "/usr/local/lib", "/usr/lib64"], &multiarch);
 
-    let include_dir =
-        find_dir_with(&include_dirs, FLAVORS.map(|(header, _)| header)).ok_or_else(|| {
-            "headers urcu/urcu-memb.h and urcu/urcu-bp.h not found; install liburcu-dev".to_owned()
-        })?;
+    let include_dir = find_dir_with(&include_dirs, FLAVORS.map(|(header, _)| header)).ok_or_else(
+        || {
+            "headers urcu/urcu-memb.h and urcu/urcu-bp.h not found; install liburcu-dev and rebuild"
+                .to_owned()
+        },
+    )?;
     let lib_dir = find_dir_with(&lib_dirs, FLAVORS.map(|(_, lib)| lib)).ok_or_else(|| {
-        "liburcu-memb.so and liburcu-bp.so not found; install liburcu-dev".to_owned()
+        "liburcu-memb.so and liburcu-bp.so not found; install liburcu-dev and rebuild".to_owned()
     })?;
     Ok((include_dir, lib_dir))
 }

@@ -85,6 +85,10 @@ fn read_side(
     let mut names = Vec::new();
     for contender in Contender::ALL {
         if let Err(unavailable) = contender.availability() {
+            progress(&format!(
+                "read side: skipping {}: {unavailable}",
+                contender.name()
+            ));
             skipped.push(Skipped {
                 what: contender.name().to_owned(),
                 reason: unavailable.to_string(),
@@ -133,10 +137,15 @@ fn synchronize(
     let mut libraries = vec![GraceLibrary::NmiRcu];
     match GraceLibrary::liburcu_memb() {
         Ok(memb) => libraries.push(memb),
-        Err(unavailable) => skipped.push(Skipped {
-            what: "liburcu-memb synchronize_rcu".to_owned(),
-            reason: unavailable.to_string(),
-        }),
+        Err(unavailable) => {
+            progress(&format!(
+                "synchronize: skipping liburcu-memb: {unavailable}"
+            ));
+            skipped.push(Skipped {
+                what: "liburcu-memb synchronize_rcu".to_owned(),
+                reason: unavailable.to_string(),
+            });
+        }
     }
 
     let settings = [

@@ -37,11 +37,7 @@ pub struct Unavailable {
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "liburcu is not linked in ({}); install liburcu-dev and rebuild",
-            self.reason
-        )
+        write!(f, "liburcu is not linked in: {}", self.reason)
     }
 }
 
