@@ -56,6 +56,17 @@ pub enum Outcome {
 
 /// A boxed handler as stored in a [`HandlerSlot`] or a
 /// [`HandlerRegistry`](crate::HandlerRegistry).
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::{BoxedHandler, HandlerSlot, Outcome};
+///
+/// let slot = HandlerSlot::<u8>::new();
+/// slot.set(|_: &u8| Outcome::Handled).defer();
+/// let old: Option<BoxedHandler<u8>> = slot.unset().synchronize();
+/// assert_eq!(old.map(|handler| handler(&0)), Some(Outcome::Handled));
+/// ```
 pub type BoxedHandler<A> = Box<dyn Fn(&A) -> Outcome + Send + Sync + 'static>;
 
 /// A handler allocated ahead of time, so that publishing it later with
@@ -85,6 +96,30 @@ pub struct PreparedHandler<A: 'static> {
 impl<A: 'static> PreparedHandler<A> {
     /// Allocates `handler` so it can be published later without
     /// allocation.
+    ///
+    /// The handler must be `'static`, because it may run after the caller's
+    /// stack frame is gone:
+    ///
+    /// ```compile_fail
+    /// use nmi_rcu::{Outcome, PreparedHandler};
+    ///
+    /// let threshold = 3u32;
+    /// let borrowed = &threshold;
+    /// let _ = PreparedHandler::new(move |n: &u32| {
+    ///     if n > borrowed { Outcome::Handled } else { Outcome::NotHandled }
+    /// });
+    /// ```
+    ///
+    /// Moving the data in compiles:
+    ///
+    /// ```
+    /// use nmi_rcu::{Outcome, PreparedHandler};
+    ///
+    /// let threshold = 3u32;
+    /// let _ = PreparedHandler::new(move |n: &u32| {
+    ///     if *n > threshold { Outcome::Handled } else { Outcome::NotHandled }
+    /// });
+    /// ```
     ///
     /// # Async-signal safety
     ///
@@ -445,6 +480,14 @@ impl<A: 'static> HandlerSlot<A> {
     /// # Async-signal safety
     ///
     /// Safe: one atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let slot = nmi_rcu::HandlerSlot::<()>::new();
+    /// slot.dispatch(&());
+    /// assert_eq!(slot.dispatch_count(), 1);
+    /// ```
     pub fn dispatch_count(&self) -> u64 {
         self.counts.total()
     }
@@ -480,6 +523,17 @@ impl<A: 'static> HandlerSlot<A> {
     /// # Async-signal safety
     ///
     /// Safe: one atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nmi_rcu::HandlerSlot;
+    ///
+    /// static SLOT: HandlerSlot<()> = HandlerSlot::new();
+    /// // A fresh thread that never registered with the library.
+    /// std::thread::spawn(|| SLOT.dispatch(&())).join().unwrap();
+    /// assert_eq!(SLOT.unregistered_dispatch_count(), 1);
+    /// ```
     pub fn unregistered_dispatch_count(&self) -> u64 {
         self.counts.unregistered()
     }

@@ -43,6 +43,15 @@ use crate::{read_lock, RcuBox, RcuOption, Retired};
 
 /// The default watchdog threshold: a handler call longer than this is
 /// reported.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::{HandlerRegistry, DEFAULT_WATCHDOG_THRESHOLD};
+///
+/// let registry = HandlerRegistry::<()>::new();
+/// assert_eq!(registry.watchdog_threshold(), DEFAULT_WATCHDOG_THRESHOLD);
+/// ```
 pub const DEFAULT_WATCHDOG_THRESHOLD: Duration = Duration::from_millis(1);
 
 /// The minimum time between two watchdog warnings for the same handler.
@@ -73,6 +82,20 @@ pub enum Order {
 }
 
 /// An invalid registry request.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::{HandlerError, HandlerRegistry};
+///
+/// let registry = HandlerRegistry::<()>::new();
+/// let error = registry.unregister("missing").unwrap_err();
+/// assert_eq!(error, HandlerError::NotRegistered { name: "missing".into() });
+/// assert_eq!(
+///     error.to_string(),
+///     "no handler named \"missing\" is registered; check the name"
+/// );
+/// ```
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum HandlerError {
     /// A handler with this name is already registered.
@@ -104,6 +127,22 @@ impl fmt::Display for HandlerError {
 impl std::error::Error for HandlerError {}
 
 /// A snapshot of one handler's statistics.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::{HandlerRegistry, Order, Outcome};
+///
+/// let registry = HandlerRegistry::<u8>::new();
+/// registry.register("odd", Order::Last, |n: &u8| {
+///     if n % 2 == 1 { Outcome::Handled } else { Outcome::NotHandled }
+/// })?;
+/// registry.dispatch(&1);
+/// registry.dispatch(&2);
+/// let stats = &registry.stats()[0];
+/// assert_eq!((stats.name.as_str(), stats.calls, stats.handled), ("odd", 2, 1));
+/// # Ok::<(), nmi_rcu::HandlerError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct HandlerStats {
     /// The name the handler was registered under.
@@ -200,6 +239,21 @@ pub struct HandlerRegistry<A: 'static> {
 /// memory is reclaimed after a grace period: blocking with
 /// [`RemovedHandler::synchronize`], or deferred with
 /// [`RemovedHandler::defer`] or by dropping it.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::{HandlerRegistry, Order, Outcome};
+///
+/// let registry = HandlerRegistry::<()>::new();
+/// registry.register("gone", Order::Last, |_: &()| Outcome::Handled)?;
+/// let removed = registry.remove("gone")?;
+/// // Dispatch no longer sees it, but it is not freed yet.
+/// assert_eq!(registry.dispatch(&()), 0);
+/// let stats = removed.synchronize(); // freed now
+/// assert_eq!(stats.calls, 0);
+/// # Ok::<(), nmi_rcu::HandlerError>(())
+/// ```
 #[must_use = "dropping a RemovedHandler defers reclamation; call synchronize() to wait instead"]
 pub struct RemovedHandler<A: 'static> {
     entry: Arc<Entry<A>>,
@@ -497,6 +551,19 @@ impl<A: 'static> HandlerRegistry<A> {
     }
 
     /// Returns the number of handlers registered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use nmi_rcu::{HandlerRegistry, Order, Outcome};
+    ///
+    /// let registry = HandlerRegistry::<()>::new();
+    /// assert!(registry.is_empty());
+    /// registry.register("one", Order::Last, |_: &()| Outcome::Handled)?;
+    /// assert_eq!(registry.len(), 1);
+    /// assert!(registry.contains("one"));
+    /// # Ok::<(), nmi_rcu::HandlerError>(())
+    /// ```
     pub fn len(&self) -> usize {
         let guard = read_lock();
         self.list.read(&guard).map_or(0, |list| list.entries.len())

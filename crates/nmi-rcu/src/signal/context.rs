@@ -13,9 +13,6 @@ use super::Signal;
 /// `SignalContext` lives only for the duration of the trampoline call, so
 /// it is neither `Send` nor `Sync`.
 ///
-/// Every accessor is async-signal-safe: each one reads the siginfo or a
-/// stored value, without allocation or system calls.
-///
 /// # Examples
 ///
 /// ```
@@ -46,6 +43,10 @@ pub struct SignalContext {
 impl SignalContext {
     /// Wraps one delivery.
     ///
+    /// # Async-signal safety
+    ///
+    /// Safe: stores four values.
+    ///
     /// # Safety
     ///
     /// 1. `info` points to a valid siginfo that outlives the context.
@@ -66,6 +67,11 @@ impl SignalContext {
     }
 
     /// Returns the raw siginfo of this delivery.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn siginfo(&self) -> &libc::siginfo_t {
         // SAFETY: by precondition 1 of `new`, `info` is valid for the
         // context's lifetime, and `&self` cannot outlive the context.
@@ -73,6 +79,11 @@ impl SignalContext {
     }
 
     /// Returns the signal being delivered.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn signal(&self) -> Signal {
         self.signal
     }
@@ -80,11 +91,21 @@ impl SignalContext {
     /// Returns `si_code`: how the signal was sent (`SI_USER` for `kill`,
     /// `SI_QUEUE` for `sigqueue`, `SI_TKILL` for `tgkill`) or why the
     /// kernel raised it (for example `SEGV_MAPERR`).
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn code(&self) -> i32 {
         self.siginfo().si_code
     }
 
     /// Returns the kernel thread id of the thread running the handler.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn thread_id(&self) -> i32 {
         self.thread_id
     }
@@ -92,6 +113,11 @@ impl SignalContext {
     /// Returns the process id of the sender, for signals sent by a process
     /// (`kill`, `sigqueue`, `tgkill`, a message queue) and for `SIGCHLD`
     /// (the child).
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn sender_pid(&self) -> Option<i32> {
         // SAFETY: `has_sender` checked that the kernel filled the sender
         // fields of the union.
@@ -101,6 +127,11 @@ impl SignalContext {
 
     /// Returns the real user id of the sender, under the same conditions as
     /// [`SignalContext::sender_pid`].
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn sender_uid(&self) -> Option<u32> {
         // SAFETY: `has_sender` checked that the kernel filled the sender
         // fields of the union.
@@ -111,6 +142,11 @@ impl SignalContext {
     /// Returns the faulting address for a signal the CPU raised
     /// (`SIGSEGV`, `SIGBUS`, `SIGILL`, `SIGFPE`, `SIGTRAP` with a positive
     /// `si_code`).
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn fault_address(&self) -> Option<usize> {
         let fault = matches!(
             self.signal.number(),
@@ -123,6 +159,11 @@ impl SignalContext {
 
     /// Returns the value sent with the signal by `sigqueue`, a POSIX timer
     /// or a message queue.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn value(&self) -> Option<libc::sigval> {
         let carries_value = matches!(
             self.code(),
@@ -135,6 +176,11 @@ impl SignalContext {
     /// Returns the raw `ucontext_t` pointer the kernel passed (the
     /// interrupted registers and signal mask), for handlers that inspect or
     /// change the interrupted state.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: reads the siginfo or a stored field; no allocation, no system
+    /// call.
     pub fn ucontext(&self) -> *mut c_void {
         self.ucontext
     }

@@ -241,6 +241,19 @@ impl TryFrom<i32> for Signal {
 }
 
 /// An invalid signal-layer request, or a failed system call.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::signal::{Error, Signal};
+///
+/// let error = Signal::new(libc::SIGSTOP).unwrap_err();
+/// assert!(matches!(error, Error::Uncatchable { signo } if signo == libc::SIGSTOP));
+/// assert_eq!(
+///     error.to_string(),
+///     "signal number 19 (SIGSTOP) cannot be caught; choose another signal"
+/// );
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -356,6 +369,24 @@ impl Error {
 ///
 /// `delivered` equals `handled + unhandled` once no delivery is in flight,
 /// and `unhandled` equals `chained + default_actions`.
+///
+/// # Examples
+///
+/// ```
+/// use nmi_rcu::signal::{self, Signal};
+/// use nmi_rcu::Outcome;
+///
+/// let usr1 = Signal::new(libc::SIGUSR1)?;
+/// let before = signal::stats(usr1);
+/// let registration = signal::register(usr1, "stats-doc", |_| Outcome::Handled)?;
+/// // SAFETY: SIGUSR1 has a handler, so raising it is harmless.
+/// unsafe { libc::raise(libc::SIGUSR1) };
+/// let after = signal::stats(usr1);
+/// assert_eq!(after.delivered - before.delivered, 1);
+/// assert_eq!(after.handled - before.handled, 1);
+/// registration.unregister()?;
+/// # Ok::<(), signal::Error>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct SignalStats {
     /// Deliveries that reached the trampoline.

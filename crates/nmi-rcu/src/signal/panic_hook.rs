@@ -47,6 +47,11 @@ impl DispatchMarker {
 }
 
 impl Drop for DispatchMarker {
+    /// Restores the outer mark.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe: one constant-initialised thread-local update.
     #[inline]
     fn drop(&mut self) {
         DISPATCHING.with(|current| current.set(self.outer));

@@ -80,6 +80,10 @@ pub(crate) fn set_action(signo: c_int, action: &libc::sigaction) -> io::Result<l
 
 /// Builds a `sigaction` that installs `handler` with `SA_SIGINFO`,
 /// `SA_ONSTACK` and `SA_RESTART` and an empty extra mask.
+///
+/// # Async-signal safety
+///
+/// Safe: see [`empty_action`].
 pub(crate) fn siginfo_action(handler: SigInfoHandler) -> libc::sigaction {
     let mut action = empty_action();
     action.sa_sigaction = handler as usize;

@@ -93,6 +93,10 @@ static STATES: [SignalState; MAX_SIGNAL_NUMBER as usize + 1] =
     [const { SignalState::new() }; MAX_SIGNAL_NUMBER as usize + 1];
 
 /// Returns the state of `signal`.
+///
+/// # Async-signal safety
+///
+/// Safe: indexes a static array.
 pub(crate) fn state(signal: Signal) -> &'static SignalState {
     // `Signal` guarantees 1..=MAX_SIGNAL_NUMBER.
     &STATES[signal.number() as usize]
@@ -113,6 +117,10 @@ pub(crate) fn lock() -> MutexGuard<'static, ()> {
 }
 
 /// Returns the `sigaction` that installs the trampoline.
+///
+/// # Async-signal safety
+///
+/// Safe: see [`sys::siginfo_action`].
 fn trampoline_action() -> libc::sigaction {
     sys::siginfo_action(trampoline)
 }
