@@ -287,6 +287,10 @@ impl DispatchCounters {
 /// calls the current one inside a read-side critical section. The module
 /// documentation describes the memory ordering.
 ///
+/// A slot contains one dispatch counter per possible registered thread
+/// ([`MAX_THREADS`](crate::MAX_THREADS) × 8 bytes, 32 KiB today), so prefer
+/// a `static` or a `Box` over a local variable on a small thread stack.
+///
 /// # Examples
 ///
 /// ```

@@ -196,7 +196,9 @@ struct HandlerList<A: 'static> {
 /// event, and the default action runs only when none did.
 ///
 /// The module documentation describes the copy-update design, the memory
-/// ordering and the watchdog.
+/// ordering and the watchdog. Like a [`HandlerSlot`](crate::HandlerSlot),
+/// a registry contains one dispatch counter per possible registered thread
+/// (`MAX_THREADS` × 8 bytes).
 ///
 /// # Examples
 ///
