@@ -47,12 +47,11 @@ fn find_liburcu() -> Result<(PathBuf, PathBuf), String> {
     let include_dirs = candidate_dirs(&["/usr/include", "/usr/local/include"], &multiarch);
     let lib_dirs = candidate_dirs(&["/usr/lib", "/usr/local/lib", "/usr/lib64"], &multiarch);
 
-    let include_dir = find_dir_with(&include_dirs, FLAVORS.map(|(header, _)| header)).ok_or_else(
-        || {
+    let include_dir =
+        find_dir_with(&include_dirs, FLAVORS.map(|(header, _)| header)).ok_or_else(|| {
             "headers urcu/urcu-memb.h and urcu/urcu-bp.h not found; install liburcu-dev and rebuild"
                 .to_owned()
-        },
-    )?;
+        })?;
     let lib_dir = find_dir_with(&lib_dirs, FLAVORS.map(|(_, lib)| lib)).ok_or_else(|| {
         "liburcu-memb.so and liburcu-bp.so not found; install liburcu-dev and rebuild".to_owned()
     })?;

@@ -1,6 +1,6 @@
 //! Criterion benchmark of the read-side loop: enter a section, dereference
-//! the published handler pointer, call it, exit; against the floor (the
-//! same dereference and call with no section) and the peers.
+//! the published handler pointer, call it, exit. It compares nmi-rcu with
+//! the floor (the same dereference and call with no section) and the peers.
 //!
 //! Each measurement runs on a fresh thread set up for its contender (a
 //! registered thread for nmi-rcu and liburcu-memb, a thread that never

@@ -1,4 +1,5 @@
-//! What a benchmark run measures and for how long.
+//! The settings of a benchmark run: the figures it takes and their sample
+//! counts and durations.
 
 use std::time::Duration;
 
@@ -46,7 +47,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// The full run: a few minutes on 2 cores.
+    /// Returns the settings of the full run, which takes a few minutes on 2
+    /// cores.
     pub fn full() -> Config {
         Config {
             quick: false,
@@ -72,8 +74,9 @@ impl Config {
         }
     }
 
-    /// The quick run: under a minute on 2 cores, with fewer and shorter
-    /// samples, so its tails (p99) are rougher.
+    /// Returns the settings of the quick run, which takes under a minute on
+    /// 2 cores. It takes fewer and shorter samples, so its tails (p99) are
+    /// rougher.
     pub fn quick() -> Config {
         Config {
             quick: true,

@@ -8,8 +8,8 @@
 //! the system call returns, and times a batch of deliveries. The baseline is
 //! an empty `sigaction` handler that only bumps a counter. Every contender
 //! owns its own real-time signal, so all of them stay installed for the
-//! whole run and their samples can be taken in turns (one sample of each,
-//! then the next round): drift in the machine's speed then hits every
+//! whole run and their samples can be taken in turns: one sample of each,
+//! then the next round. Drift in the machine's speed then hits every
 //! contender alike. The added cost of a contender is its median time per
 //! delivery minus the baseline's median.
 
@@ -287,7 +287,8 @@ pub fn dispatch_figures(
     }
 
     // Step 2: warm up, then take the samples in turns.
-    // SAFETY: getpid and gettid cannot fail.
+    // SAFETY: getpid and gettid take no arguments and are always
+    // successful (see their manual pages).
     let (pid, tid) = unsafe { (libc::getpid(), libc::gettid()) };
     let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(samples); contenders.len()];
     for round in 0..=samples {

@@ -38,7 +38,7 @@ impl GraceLibrary {
         Urcu::new(Flavor::Memb).map(GraceLibrary::Liburcu)
     }
 
-    /// The library's name in tables and JSON.
+    /// Returns the library's name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             GraceLibrary::NmiRcu => "nmi-rcu",
@@ -86,7 +86,7 @@ pub enum ReaderSetting {
 }
 
 impl ReaderSetting {
-    /// The setting's label in tables.
+    /// Returns the setting's label in tables.
     pub fn label(self) -> String {
         match self {
             ReaderSetting::Idle(1) => "1 idle registered thread".to_owned(),
@@ -135,7 +135,7 @@ impl Readers {
 
 impl Drop for Readers {
     fn drop(&mut self) {
-        // Relaxed: the flag only tells busy readers to leave their loop. It
+        // Relaxed: the flag only asks busy readers to leave their loop. It
         // hands over no data, and `join` below orders everything after.
         self.stop.store(true, Ordering::Relaxed);
         self.release.wait();
@@ -145,7 +145,8 @@ impl Drop for Readers {
     }
 }
 
-/// The body of one reader thread.
+/// Runs one reader thread: registers, waits for the start, runs sections
+/// if busy, waits for the release, unregisters.
 fn reader_thread(
     library: GraceLibrary,
     busy: bool,

@@ -143,7 +143,7 @@ pub fn measure_threads(
 /// scaling) then shifts every loop alike, which keeps their ratios honest.
 ///
 /// Each loop gets its own pool of threads, set up once with
-/// `enter_thread`; a pool's threads wait on a barrier while the other
+/// `enter_thread`. A pool's threads wait on a barrier while the other
 /// pools take their samples. `loops` pairs each spec with its iterations
 /// per sample. Returns one measurement per loop, in the same order.
 ///

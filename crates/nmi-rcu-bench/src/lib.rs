@@ -3,11 +3,12 @@
 //! One [`run`] measures, in one process and on the same machine:
 //!
 //! - the read-side loop (enter a section, dereference a published function
-//!   pointer, call it, exit) for nmi-rcu on registered and unregistered
-//!   threads, liburcu-memb and liburcu-bp through a C shim, crossbeam-epoch,
-//!   arc-swap, and the std and parking_lot read-write locks, against the
-//!   floor (the same dereference and call with no section), at 1 thread up
-//!   to the core count and at twice the core count ([`read_side`]);
+//!   pointer, call it, exit), at 1 thread up to the core count and at twice
+//!   the core count ([`read_side`]). The contenders are nmi-rcu on
+//!   registered and unregistered threads, liburcu-memb and liburcu-bp
+//!   through a C shim, crossbeam-epoch, arc-swap, and the std and
+//!   parking_lot read-write locks. The floor is the same dereference and
+//!   call with no section;
 //! - the cost one dispatch adds to a signal delivery, through
 //!   `HandlerSlot` and through the signal layer, against an empty
 //!   `sigaction` handler and signal-hook-registry ([`dispatch`]);

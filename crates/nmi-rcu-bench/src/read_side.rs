@@ -30,7 +30,7 @@ pub enum Contender {
     LiburcuBp,
     /// `crossbeam_epoch::pin()` around the dereference.
     CrossbeamPin,
-    /// `ArcSwap::load`, whose guard holds the handler.
+    /// `ArcSwap::load`, whose guard keeps the handler alive.
     ArcSwapLoad,
     /// `std::sync::RwLock::read` around a copy of the handler.
     StdRwLock,
@@ -52,7 +52,7 @@ impl Contender {
         Contender::ParkingLotRwLock,
     ];
 
-    /// The contender's name in tables and JSON.
+    /// Returns the contender's name in tables and JSON.
     ///
     /// # Examples
     ///
@@ -144,7 +144,7 @@ fn urcu(flavor: Flavor) -> Urcu {
     }
 }
 
-/// The floor: dereference and call, with no read-side section.
+/// Runs the floor loop: dereference and call, with no read-side section.
 #[inline(never)]
 pub fn floor_loop(iterations: u64) -> u64 {
     let mut sum = 0u64;
@@ -154,7 +154,7 @@ pub fn floor_loop(iterations: u64) -> u64 {
     sum
 }
 
-/// The nmi-rcu loop. Whether it takes the registered fast path or the
+/// Runs the nmi-rcu loop. Whether it takes the registered fast path or the
 /// fallback path depends only on whether the calling thread registered.
 #[inline(never)]
 pub fn nmi_rcu_loop(iterations: u64) -> u64 {
@@ -167,7 +167,8 @@ pub fn nmi_rcu_loop(iterations: u64) -> u64 {
     sum
 }
 
-/// crossbeam-epoch: the pin is crossbeam's read-side section.
+/// Runs the crossbeam-epoch loop, in which the pin is the read-side
+/// section.
 #[inline(never)]
 pub fn crossbeam_pin_loop(iterations: u64) -> u64 {
     let mut sum = 0u64;
@@ -188,7 +189,7 @@ fn arc_swapped_handler() -> &'static ArcSwap<HandlerFn> {
     SWAPPED.get_or_init(|| ArcSwap::from_pointee(handler::handler as HandlerFn))
 }
 
-/// arc-swap: `load`, dereference the guard, call.
+/// Runs the arc-swap loop: `load`, dereference the guard, call.
 #[inline(never)]
 pub fn arc_swap_loop(iterations: u64) -> u64 {
     let swapped = arc_swapped_handler();
@@ -208,7 +209,7 @@ static STD_LOCKED: std::sync::RwLock<HandlerFn> = std::sync::RwLock::new(handler
 static PARKING_LOT_LOCKED: parking_lot::RwLock<HandlerFn> =
     parking_lot::const_rwlock(handler::handler);
 
-/// std `RwLock`: the read lock is held across the call.
+/// Runs the std `RwLock` loop, with the read lock held across the call.
 #[inline(never)]
 pub fn std_rwlock_loop(iterations: u64) -> u64 {
     let mut sum = 0u64;
@@ -222,7 +223,8 @@ pub fn std_rwlock_loop(iterations: u64) -> u64 {
     sum
 }
 
-/// parking_lot `RwLock`: the read lock is held across the call.
+/// Runs the parking_lot `RwLock` loop, with the read lock held across the
+/// call.
 #[inline(never)]
 pub fn parking_lot_rwlock_loop(iterations: u64) -> u64 {
     let mut sum = 0u64;
@@ -238,7 +240,7 @@ pub fn parking_lot_rwlock_loop(iterations: u64) -> u64 {
 mod tests {
     use super::*;
 
-    /// The sum of `handler(i)` over `0..n`.
+    /// Returns the sum of `handler(i)` over `0..n`.
     fn expected_checksum(n: u64) -> u64 {
         n * (n + 1) / 2
     }

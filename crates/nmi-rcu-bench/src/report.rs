@@ -73,9 +73,9 @@ pub struct ReadSideRow {
 /// A contender or figure that was not measured, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Skipped {
-    /// What was skipped.
+    /// The skipped contender or figure.
     pub what: String,
-    /// Why.
+    /// The reason it was skipped.
     pub reason: String,
 }
 
@@ -112,7 +112,7 @@ pub struct TargetCheck {
     pub unit: &'static str,
     /// The measured value, or `None` when a contender was skipped.
     pub measured: Option<f64>,
-    /// Whether the target holds, or `None` when not measured.
+    /// Whether the target is met, or `None` when not measured.
     pub met: Option<bool>,
 }
 
@@ -161,7 +161,7 @@ pub struct Report {
     pub registration: Vec<RegistrationRow>,
     /// The targets, checked against this run.
     pub targets: Vec<TargetCheck>,
-    /// What was not measured, and why.
+    /// Contenders and figures that were not measured, with the reasons.
     pub skipped: Vec<Skipped>,
     /// Wall-clock duration of the run, in seconds.
     pub seconds: f64,

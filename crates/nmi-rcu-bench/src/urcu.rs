@@ -20,7 +20,7 @@ pub enum Flavor {
 }
 
 impl Flavor {
-    /// The library name, as used in tables and JSON.
+    /// Returns the library name, as used in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Flavor::Memb => "liburcu-memb",
@@ -103,7 +103,7 @@ impl Urcu {
         }
     }
 
-    /// The flavor this handle calls.
+    /// Returns the flavor this handle calls.
     pub fn flavor(self) -> Flavor {
         self.flavor
     }
@@ -146,7 +146,7 @@ impl Urcu {
     pub fn synchronize(self) {
         #[cfg(has_liburcu)]
         // SAFETY: `synchronize_rcu` may be called from any thread outside a
-        // read-side section, and no caller in this crate holds one.
+        // read-side section, and no caller in this crate is inside one.
         unsafe {
             match self.flavor {
                 Flavor::Memb => ffi::nrb_memb_synchronize(),
@@ -164,7 +164,7 @@ impl Urcu {
         let slot = handler::published_slot();
         #[cfg(has_liburcu)]
         // SAFETY: `slot` points to the published handler pointer, a static
-        // that always holds a valid handler of the type the shim calls.
+        // that always contains a valid handler of the type the shim calls.
         unsafe {
             match self.flavor {
                 Flavor::Memb => ffi::nrb_memb_read_loop(slot, iterations),
