@@ -11,6 +11,7 @@
 
 mod bench;
 mod demo;
+mod os;
 mod parse;
 mod torture;
 

@@ -1,5 +1,5 @@
-//! The Linux system calls behind the torture test: raw `sigaction`,
-//! per-thread CPU-time timers, `tgkill` and `errno`.
+//! The Linux system calls behind the demo and the torture test: raw
+//! `sigaction`, signal masks, CPU-time timers, `tgkill` and `errno`.
 //!
 //! Every return value is checked. Only [`send_to_thread`], [`errno`] and
 //! [`set_errno`] may run in a signal handler; their rustdoc says why.
@@ -8,12 +8,6 @@ use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::time::Duration;
-
-/// Signal delivered by the per-thread CPU-time timers.
-pub const TIMER_SIGNAL: libc::c_int = libc::SIGPROF;
-
-/// Signal sent by the `tgkill` storm.
-pub const STORM_SIGNAL: libc::c_int = libc::SIGUSR2;
 
 /// A failed system call, with the call named.
 #[derive(Debug)]
@@ -50,15 +44,15 @@ fn check(call: &'static str, result: libc::c_int) -> Result<(), OsError> {
 /// The signature of a handler installed with `SA_SIGINFO`.
 pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
 
-/// Handlers installed for the torture signals; dropping this restores the
-/// dispositions that were there before.
-pub struct InstalledHandlers {
+/// Dispositions replaced by [`install_handlers`] or [`ignore_signal`];
+/// dropping this restores them.
+pub struct SavedDispositions {
     previous: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 /// Installs `handler` for each of `signals` with `SA_SIGINFO`, `SA_ONSTACK`
-/// and `SA_RESTART`, and an empty mask, so one torture signal can interrupt
-/// the handler of the other.
+/// and `SA_RESTART`, and an empty mask, so that one of the signals can
+/// interrupt the handler of another.
 ///
 /// # Errors
 ///
@@ -66,36 +60,65 @@ pub struct InstalledHandlers {
 pub fn install_handlers(
     signals: &[libc::c_int],
     handler: SigInfoHandler,
-) -> Result<InstalledHandlers, OsError> {
-    let mut installed = InstalledHandlers {
+) -> Result<SavedDispositions, OsError> {
+    let mut saved = SavedDispositions {
         previous: Vec::new(),
     };
     for &signal in signals {
-        // SAFETY: `sigaction` is plain data; all-zero is a valid value
-        // (SIG_DFL, no flags, empty mask), and the fields we need are set
-        // below.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        let mut action = empty_action()?;
         action.sa_sigaction = handler as usize;
         action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-        // SAFETY: `sa_mask` is a valid, writable `sigset_t`.
-        check("sigemptyset", unsafe {
-            libc::sigemptyset(&mut action.sa_mask)
-        })?;
+        saved.replace(signal, &action)?;
+    }
+    Ok(saved)
+}
 
+/// Sets the disposition of `signal` to `SIG_IGN`, which also discards a
+/// pending instance of it.
+///
+/// # Errors
+///
+/// The failing `sigaction` call.
+pub fn ignore_signal(signal: libc::c_int) -> Result<SavedDispositions, OsError> {
+    let mut saved = SavedDispositions {
+        previous: Vec::new(),
+    };
+    let mut action = empty_action()?;
+    action.sa_sigaction = libc::SIG_IGN;
+    saved.replace(signal, &action)?;
+    Ok(saved)
+}
+
+/// Returns a `SIG_DFL` action with no flags and an empty mask.
+fn empty_action() -> Result<libc::sigaction, OsError> {
+    // SAFETY: `sigaction` is plain data, and all-zero is a valid value
+    // (SIG_DFL, no flags); the mask is emptied properly below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: `sa_mask` is a valid, writable `sigset_t`.
+    check("sigemptyset", unsafe {
+        libc::sigemptyset(&mut action.sa_mask)
+    })?;
+    Ok(action)
+}
+
+impl SavedDispositions {
+    /// Installs `action` for `signal` and saves the action it replaced.
+    fn replace(&mut self, signal: libc::c_int, action: &libc::sigaction) -> Result<(), OsError> {
         let mut previous = MaybeUninit::<libc::sigaction>::uninit();
-        // SAFETY: both pointers are valid for the call; `handler` has the
-        // `SA_SIGINFO` signature and stays valid for the life of the program.
+        // SAFETY: both pointers are valid for the call. A handler in
+        // `action` has the signature its flags announce and stays valid for
+        // the life of the program.
         check("sigaction", unsafe {
-            libc::sigaction(signal, &action, previous.as_mut_ptr())
+            libc::sigaction(signal, action, previous.as_mut_ptr())
         })?;
         // SAFETY: `sigaction` returned 0, so it wrote the previous action.
         let previous = unsafe { previous.assume_init() };
-        installed.previous.push((signal, previous));
+        self.previous.push((signal, previous));
+        Ok(())
     }
-    Ok(installed)
 }
 
-impl Drop for InstalledHandlers {
+impl Drop for SavedDispositions {
     fn drop(&mut self) {
         for (signal, previous) in self.previous.drain(..).rev() {
             // SAFETY: `previous` is the action the kernel returned for
@@ -163,10 +186,126 @@ impl Drop for ThreadCpuTimer {
     }
 }
 
+/// A process CPU-time timer (`ITIMER_PROF`) that sends SIGPROF to the
+/// process each time its threads together have used an interval of CPU
+/// time; dropping it stops the timer.
+pub struct ProfTimer(());
+
+impl ProfTimer {
+    /// Starts the process's `ITIMER_PROF` timer with period `interval`.
+    ///
+    /// # Errors
+    ///
+    /// The failing `setitimer` call.
+    pub fn start(interval: Duration) -> Result<ProfTimer, OsError> {
+        set_prof_timer(interval)?;
+        Ok(ProfTimer(()))
+    }
+}
+
+impl Drop for ProfTimer {
+    fn drop(&mut self) {
+        if let Err(error) = set_prof_timer(Duration::ZERO) {
+            log::warn!("could not stop the ITIMER_PROF timer: {error}");
+        }
+    }
+}
+
+fn set_prof_timer(interval: Duration) -> Result<(), OsError> {
+    let period = timeval(interval);
+    let setting = libc::itimerval {
+        it_interval: period,
+        it_value: period,
+    };
+    // SAFETY: `setting` is valid; the old setting is not requested.
+    check("setitimer", unsafe {
+        libc::setitimer(libc::ITIMER_PROF, &setting, std::ptr::null_mut())
+    })
+}
+
+fn timeval(duration: Duration) -> libc::timeval {
+    libc::timeval {
+        // Timer intervals here are at most one second, and `subsec_micros`
+        // is below 10^6, so both fit their C types.
+        tv_sec: duration.as_secs() as libc::time_t,
+        tv_usec: duration.subsec_micros() as libc::suseconds_t,
+    }
+}
+
+/// A signal blocked in the calling thread's mask; dropping this restores
+/// the mask that was there before.
+pub struct BlockedSignal {
+    previous: libc::sigset_t,
+}
+
+impl BlockedSignal {
+    /// Blocks `signal` in the calling thread. Threads spawned afterwards
+    /// inherit the block.
+    ///
+    /// # Errors
+    ///
+    /// The failing `sigemptyset`, `sigaddset` or `pthread_sigmask` call.
+    pub fn block(signal: libc::c_int) -> Result<BlockedSignal, OsError> {
+        let mut previous = MaybeUninit::<libc::sigset_t>::uninit();
+        change_mask(libc::SIG_BLOCK, signal, previous.as_mut_ptr())?;
+        // SAFETY: `pthread_sigmask` succeeded, so it wrote the old mask.
+        let previous = unsafe { previous.assume_init() };
+        Ok(BlockedSignal { previous })
+    }
+}
+
+impl Drop for BlockedSignal {
+    fn drop(&mut self) {
+        // SAFETY: `self.previous` is a mask the kernel returned.
+        let result = unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.previous, std::ptr::null_mut())
+        };
+        if result != 0 {
+            let error = io::Error::from_raw_os_error(result);
+            log::warn!("could not restore the signal mask: {error}");
+        }
+    }
+}
+
+/// Unblocks `signal` in the calling thread.
+///
+/// # Errors
+///
+/// The failing `sigemptyset`, `sigaddset` or `pthread_sigmask` call.
+pub fn unblock_signal(signal: libc::c_int) -> Result<(), OsError> {
+    change_mask(libc::SIG_UNBLOCK, signal, std::ptr::null_mut())
+}
+
+fn change_mask(
+    how: libc::c_int,
+    signal: libc::c_int,
+    previous: *mut libc::sigset_t,
+) -> Result<(), OsError> {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `set` is writable; `sigemptyset` initialises it.
+    check("sigemptyset", unsafe {
+        libc::sigemptyset(set.as_mut_ptr())
+    })?;
+    // SAFETY: `set` was initialised by `sigemptyset`.
+    check("sigaddset", unsafe {
+        libc::sigaddset(set.as_mut_ptr(), signal)
+    })?;
+
+    // SAFETY: `set` is initialised, and `previous` is null or writable.
+    let result = unsafe { libc::pthread_sigmask(how, set.as_ptr(), previous) };
+    // `pthread_sigmask` returns the error number instead of setting errno.
+    match result {
+        0 => Ok(()),
+        error => Err(OsError {
+            call: "pthread_sigmask",
+            source: io::Error::from_raw_os_error(error),
+        }),
+    }
+}
+
 fn timespec(duration: Duration) -> libc::timespec {
     libc::timespec {
-        // Timer intervals are at most one second, and `subsec_nanos` is
-        // below 10^9, so both fit their C types.
+        // As in `timeval`, both fields fit their C types.
         tv_sec: duration.as_secs() as libc::time_t,
         tv_nsec: duration.subsec_nanos() as libc::c_long,
     }

@@ -25,7 +25,6 @@
 //! unmapped or reused memory.
 
 mod object;
-mod os;
 mod reader;
 mod report;
 mod storm;
@@ -39,12 +38,19 @@ use std::time::{Duration, Instant};
 
 use nmi_rcu::RcuOption;
 
+use crate::os;
 use crate::parse::{parse_count, parse_duration, ValueError};
 use object::{ObjectRef, Pool};
 use reader::{ReaderConfig, ReaderStats};
 use report::Summary;
 use storm::StormStats;
 use updater::{Updater, UpdaterStats};
+
+/// Signal delivered by the per-thread CPU-time timers.
+pub const TIMER_SIGNAL: libc::c_int = libc::SIGPROF;
+
+/// Signal sent by the `tgkill` storm.
+pub const STORM_SIGNAL: libc::c_int = libc::SIGUSR2;
 
 /// The object that readers dereference.
 static CURRENT: RcuOption<ObjectRef> = RcuOption::new();
@@ -262,7 +268,7 @@ fn execute(args: &TortureArgs) -> Result<Summary, TortureError> {
     let handlers = match settings.signal_hz {
         0 => None,
         _ => Some(os::install_handlers(
-            &[os::TIMER_SIGNAL, os::STORM_SIGNAL],
+            &[TIMER_SIGNAL, STORM_SIGNAL],
             reader::on_torture_signal,
         )?),
     };

@@ -24,8 +24,8 @@ use std::sync::atomic::{compiler_fence, AtomicBool, AtomicI32, AtomicU32, Atomic
 use std::time::Duration;
 
 use super::object::{Observation, PIPE_BUCKETS};
-use super::os::{self, ThreadCpuTimer, STORM_SIGNAL, TIMER_SIGNAL};
-use super::{Rng, CURRENT};
+use super::{Rng, CURRENT, STORM_SIGNAL, TIMER_SIGNAL};
+use crate::os::{self, ThreadCpuTimer};
 
 /// Checks per section for most thread reads.
 const SHORT_HOLD_CHECKS: u32 = 4;

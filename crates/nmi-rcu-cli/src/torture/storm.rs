@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::os::{self, STORM_SIGNAL};
 use super::reader::ReaderStats;
+use super::STORM_SIGNAL;
+use crate::os;
 
 /// Counters of the storm. Statistics only: `Relaxed`, read in full after the
 /// storm thread is joined.
