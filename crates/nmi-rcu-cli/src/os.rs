@@ -188,7 +188,7 @@ impl Drop for ThreadCpuTimer {
 
 /// A process CPU-time timer (`ITIMER_PROF`) that sends SIGPROF to the
 /// process each time its threads together have used an interval of CPU
-/// time; dropping it stops the timer.
+/// time. Dropping it stops the timer.
 pub struct ProfTimer(());
 
 impl ProfTimer {
