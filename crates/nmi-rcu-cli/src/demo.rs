@@ -245,8 +245,12 @@ fn execute(args: &DemoArgs) -> Result<Report, DemoError> {
         unregistered_dispatches: SLOT.unregistered_dispatch_count(),
         signal_stats: signal::stats(sigprof),
         handler_stats,
-        grace_periods: domain_after.grace_periods - domain_before.grace_periods,
-        callbacks_run: domain_after.callbacks_run - domain_before.callbacks_run,
+        grace_periods: domain_after
+            .grace_periods
+            .saturating_sub(domain_before.grace_periods),
+        callbacks_run: domain_after
+            .callbacks_run
+            .saturating_sub(domain_before.callbacks_run),
     })
 }
 

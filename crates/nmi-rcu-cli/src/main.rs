@@ -4,7 +4,8 @@
 //!   dynamic NMI handler pattern on real SIGPROF signals.
 //! - `nmi-rcu torture`: a stress test of the RCU core in the spirit of the
 //!   Linux kernel's rcutorture.
-//! - `nmi-rcu bench`: read-side and grace-period benchmarks.
+//! - `nmi-rcu bench`: benchmarks of the read side, grace periods and signal
+//!   dispatch against peer libraries.
 //!
 //! Invalid flags make clap print a message naming the flag and the value and
 //! exit with status 2.
@@ -40,7 +41,8 @@ enum Command {
     /// Stress the RCU core with thread and signal readers and check that no
     /// reader ever sees a freed object.
     Torture(torture::TortureArgs),
-    /// Measure the read side against a bare pointer load.
+    /// Benchmark the read side, grace periods and signal dispatch against a
+    /// bare pointer load and peer libraries.
     Bench(bench::BenchArgs),
 }
 

@@ -101,8 +101,12 @@ impl Summary {
             torture_callbacks_queued: load(&updater.callbacks_queued),
             torture_callbacks_done: load(&updater.callbacks_done),
             barriers: load(&updater.barriers),
-            grace_periods: domain_after.grace_periods - domain_before.grace_periods,
-            callbacks_run: domain_after.callbacks_run - domain_before.callbacks_run,
+            grace_periods: domain_after
+                .grace_periods
+                .saturating_sub(domain_before.grace_periods),
+            callbacks_run: domain_after
+                .callbacks_run
+                .saturating_sub(domain_before.callbacks_run),
             peak_backlog: domain_after.peak_backlog,
             objects: state.pool.counts(),
             failures: Vec::new(),
