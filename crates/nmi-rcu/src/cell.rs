@@ -53,6 +53,13 @@ pub struct RcuBox<T> {
     node: Box<Node<T>>,
 }
 
+// SAFETY: an RcuBox owns its node alone; the node's queue link is unused
+// until the value is retired, so sending or sharing the box is sending or
+// sharing the `T`.
+unsafe impl<T: Send> Send for RcuBox<T> {}
+// SAFETY: as above; `&RcuBox<T>` gives only `&T`.
+unsafe impl<T: Sync> Sync for RcuBox<T> {}
+
 impl<T> RcuBox<T> {
     /// Allocates `value` for later publication.
     pub fn new(value: T) -> Self {
@@ -472,6 +479,8 @@ impl<T: Send + Sync + 'static> Drop for RcuOption<T> {
 impl<T: Send + Sync + core::fmt::Debug + 'static> core::fmt::Debug for RcuOption<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let guard = self.domain.read_lock();
-        f.debug_tuple("RcuOption").field(&self.read(&guard)).finish()
+        f.debug_tuple("RcuOption")
+            .field(&self.read(&guard))
+            .finish()
     }
 }

@@ -34,6 +34,9 @@ use crate::reclaim::Queue;
 use crate::threads::{self, MAX_DOMAINS};
 use crate::{nmi, sys};
 
+/// Marks a guard's state as a fallback-path section (see `Guard::state`).
+const FALLBACK_TAG: usize = 1;
+
 /// Domain id meaning "none assigned": such a domain serves every reader on
 /// the fallback path.
 const NO_ID: usize = usize::MAX;
@@ -190,10 +193,14 @@ impl Domain {
     /// ```
     pub fn new() -> Domain {
         let inner = Arc::into_raw(Arc::new(DomainInner::new(NO_ID)));
-        Domain {
+        let domain = Domain {
             inner,
             shared: true,
-        }
+        };
+        // Assigned before any reader can exist, so every section of a domain
+        // with an id is counted under that id (see `current_thread_nesting`).
+        domain.inner().assign_id();
+        domain
     }
 
     /// Returns the global domain, the one behind the crate-level functions.
@@ -600,7 +607,7 @@ impl DomainInner {
                 protocol::word_enter(word, &self.gp_counter, barriers());
                 Guard {
                     domain: self,
-                    reader: Reader::Registered(word),
+                    state: word as *const ReaderWord as usize,
                     _not_send: PhantomData,
                 }
             }
@@ -622,28 +629,29 @@ impl DomainInner {
         let ticket = self.fallback.enter(&self.gp_counter, stripe_hint >> 16);
         let row = id.min(MAX_DOMAINS);
         FALLBACK_OPEN.with(|open| {
-            let cell = &open[row][ticket.phase_index()];
-            cell.set(cell.get().wrapping_add(1));
+            // In bounds (row <= MAX_DOMAINS, phase index 0 or 1); `get` keeps
+            // a panic path out of the read side anyway.
+            if let Some(cell) = open.get(row).and_then(|row| row.get(ticket.phase_index())) {
+                cell.set(cell.get().wrapping_add(1));
+            }
         });
         Guard {
             domain: self,
-            reader: Reader::Fallback {
-                ticket,
-                row: row as u8,
-            },
+            state: FALLBACK_TAG | ticket.to_bits() << 1 | row << 24,
             _not_send: PhantomData,
         }
     }
 
     /// Returns how deep the calling thread is inside sections of this domain,
-    /// on either path. Sections of domains without an id are counted for
-    /// every such domain.
+    /// on either path. Domains without an id (more than 64 alive) share one
+    /// count, so for them the answer may include other such domains.
     pub(crate) fn current_thread_nesting(&self) -> usize {
+        // Relaxed: only this thread's own sections are counted, and an id is
+        // assigned before the domain's first reader (`Domain::new`).
         let id = self.id.load(Ordering::Relaxed);
         let fallback = FALLBACK_OPEN.with(|open| {
-            let sum = |row: &[Cell<u32>; 2]| (row[0].get() + row[1].get()) as usize;
-            let own = if id < MAX_DOMAINS { sum(&open[id]) } else { 0 };
-            own + sum(&open[MAX_DOMAINS])
+            open.get(id.min(MAX_DOMAINS))
+                .map_or(0, |row| (row[0].get() + row[1].get()) as usize)
         });
         threads::current_nesting(id) + fallback
     }
@@ -875,15 +883,15 @@ impl GracePeriodRun<'_> {
 #[must_use = "the read-side critical section ends when the guard is dropped"]
 pub struct Guard<'d> {
     domain: &'d DomainInner,
-    reader: Reader,
+    /// On the registered path, the address of the thread's `&'static` reader
+    /// word (see `threads::current_word`), which is 8-aligned. On the
+    /// fallback path, `FALLBACK_TAG`, the ticket's bits shifted left by one
+    /// and the `FALLBACK_OPEN` row shifted left by 24. One word keeps the
+    /// guard in two registers across the calls inside a section, and its
+    /// drop a single bit test.
+    state: usize,
     /// A guard ends its section on the thread that began it.
     _not_send: PhantomData<*mut ()>,
-}
-
-/// How a guard's section was entered.
-enum Reader {
-    Registered(&'static ReaderWord),
-    Fallback { ticket: FallbackTicket, row: u8 },
 }
 
 impl Guard<'_> {
@@ -897,7 +905,7 @@ impl Guard<'_> {
     /// assert!(nmi_rcu::read_lock().is_fast_path());
     /// ```
     pub fn is_fast_path(&self) -> bool {
-        matches!(self.reader, Reader::Registered(_))
+        self.state & FALLBACK_TAG == 0
     }
 
     #[inline(always)]
@@ -915,16 +923,35 @@ impl Drop for Guard<'_> {
     /// fallback path. It never runs callbacks or frees memory.
     #[inline(always)]
     fn drop(&mut self) {
-        match self.reader {
-            Reader::Registered(word) => protocol::word_exit(word, barriers()),
-            Reader::Fallback { ticket, row } => {
-                self.domain.fallback.exit(ticket);
-                FALLBACK_OPEN.with(|open| {
-                    let cell = &open[usize::from(row)][ticket.phase_index()];
-                    cell.set(cell.get().wrapping_sub(1));
-                });
-            }
+        if self.state & FALLBACK_TAG == 0 {
+            // SAFETY: an untagged state is the address of a `&'static` slot
+            // word (field invariant).
+            let word = unsafe { &*(self.state as *const ReaderWord) };
+            protocol::word_exit(word, barriers());
+        } else {
+            self.fallback_exit();
         }
+    }
+}
+
+impl Guard<'_> {
+    /// Ends a fallback-path section.
+    ///
+    /// # Async-signal safety
+    ///
+    /// Safe and wait-free: see [`FallbackCounters::exit`].
+    #[inline(never)]
+    fn fallback_exit(&self) {
+        let ticket = FallbackTicket::from_bits(self.state >> 1);
+        let row = self.state >> 24;
+        self.domain.fallback.exit(ticket);
+        FALLBACK_OPEN.with(|open| {
+            // `row` is at most MAX_DOMAINS and the phase index 0 or 1 (set in
+            // `fallback_read_lock`); `get` keeps a panic path out anyway.
+            if let Some(cell) = open.get(row).and_then(|row| row.get(ticket.phase_index())) {
+                cell.set(cell.get().wrapping_sub(1));
+            }
+        });
     }
 }
 

@@ -74,7 +74,9 @@ impl NmiContext {
     #[inline]
     pub fn enter() -> NmiContext {
         NMI_DEPTH.with(|depth| depth.set(depth.get().wrapping_add(1)));
-        NmiContext { _not_send: PhantomData }
+        NmiContext {
+            _not_send: PhantomData,
+        }
     }
 }
 

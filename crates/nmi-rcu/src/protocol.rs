@@ -13,9 +13,9 @@
 //!
 //! - **Registered path** (a thread with a slot in the thread registry): the
 //!   thread owns one [`ReaderWord`] per domain. The outermost
-//!   [`ReaderWord::enter`] copies the domain's counter (phase plus a nesting
+//!   [`word_enter`] copies the domain's counter (phase plus a nesting
 //!   count of one) into the word with a plain store; nested entries add one;
-//!   [`ReaderWord::exit`] subtracts one. No read-modify-write, no hardware
+//!   [`word_exit`] subtracts one. No read-modify-write, no hardware
 //!   fence: the updater's asymmetric barrier (`membarrier`) supplies the
 //!   fence the reader skipped. Without membarrier, [`Barriers::Fenced`] puts
 //!   a `SeqCst` fence in its place.
@@ -51,8 +51,8 @@
 //! A signal handler runs to completion on the thread it interrupts, and its
 //! read-side section is balanced: it exits before the handler returns.
 //!
-//! - Registered path: the handler's [`ReaderWord::enter`] and
-//!   [`ReaderWord::exit`] leave the word exactly as they found it, apart from
+//! - Registered path: the handler's [`word_enter`] and
+//!   [`word_exit`] leave the word exactly as they found it, apart from
 //!   the phase bits when the word was inactive (nesting zero), and an inactive
 //!   word means the same to the updater whatever its phase bits. So an
 //!   interrupted `load`..`store` pair in the outer section stores the value it
@@ -85,7 +85,7 @@ pub(crate) const NEST_MASK: usize = PHASE - 1;
 
 /// The initial value of a domain's grace-period counter: phase 0 with a
 /// nesting count of one, ready to be copied into a word by the outermost
-/// [`ReaderWord::enter`].
+/// [`word_enter`].
 pub(crate) const GP_START: usize = NEST_ONE;
 
 /// Number of striped counter pairs on the fallback path. More stripes spread
@@ -336,6 +336,22 @@ impl FallbackCounters {
 }
 
 impl FallbackTicket {
+    /// Packs the ticket into the low 16 bits of a word.
+    #[inline(always)]
+    pub(crate) fn to_bits(self) -> usize {
+        usize::from(self.phase_index) | usize::from(self.stripe) << 8
+    }
+
+    /// Unpacks a ticket packed by [`FallbackTicket::to_bits`], clamping
+    /// fields so that a corrupted value cannot index out of bounds.
+    #[inline(always)]
+    pub(crate) fn from_bits(bits: usize) -> FallbackTicket {
+        FallbackTicket {
+            phase_index: (bits & 1) as u8,
+            stripe: ((bits >> 8) % STRIPES) as u8,
+        }
+    }
+
     /// Returns the phase index (0 or 1) the section entered in.
     #[inline(always)]
     pub(crate) fn phase_index(self) -> usize {

@@ -197,10 +197,12 @@ impl Queue {
             // reclaimer's Acquire swap, and the total order with the
             // reclaimer's `sleeping` store rules out a lost wake-up (see
             // `wake_if_sleeping`).
-            match self
-                .head
-                .compare_exchange_weak(head, node.as_ptr(), Ordering::SeqCst, Ordering::Relaxed)
-            {
+            match self.head.compare_exchange_weak(
+                head,
+                node.as_ptr(),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(actual) => head = actual,
             }
@@ -322,7 +324,9 @@ impl Queue {
         let (flag, condvar) = &*done;
         let mut finished = flag.lock().unwrap_or_else(|poison| poison.into_inner());
         while !*finished {
-            finished = condvar.wait(finished).unwrap_or_else(|poison| poison.into_inner());
+            finished = condvar
+                .wait(finished)
+                .unwrap_or_else(|poison| poison.into_inner());
         }
     }
 
@@ -366,17 +370,20 @@ impl Queue {
             // SAFETY: as above; the link is read before the node is consumed.
             let (next, consume) = unsafe { ((*node.as_ptr()).next, (*node.as_ptr()).consume) };
             oldest = next;
+            // Counted as the node starts, so that a barrier callback is
+            // already counted when its waiter wakes up and reads statistics.
+            // Relaxed: the count feeds statistics and back-pressure only.
+            self.run.fetch_add(1, Ordering::Relaxed);
             // SAFETY: `consume` belongs to this node (Header::consume, 1), and
             // the node is not touched again (2).
             let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { consume(node) }));
             if outcome.is_err() {
-                log::error!("an nmi-rcu callback panicked; the reclaimer continues with the next one");
+                log::error!(
+                    "an nmi-rcu callback panicked; the reclaimer continues with the next one"
+                );
             }
             count += 1;
         }
-        // Release: a caller that sees the count (barrier, throttle, stats)
-        // also sees the effects of the callbacks.
-        self.run.fetch_add(count, Ordering::Release);
         count
     }
 

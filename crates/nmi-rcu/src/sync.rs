@@ -8,10 +8,10 @@
 //! fenced path and the updater's asymmetric barrier becomes a `SeqCst`
 //! fence ([`crate::protocol::Barriers`]).
 
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicUsize};
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{fence, AtomicUsize};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicUsize};
 
 pub(crate) use core::sync::atomic::Ordering;
 

@@ -161,7 +161,11 @@ pub(crate) fn register_current_thread() -> bool {
 
     let slot = &SLOTS[index];
     slot.tid.store(sys::gettid(), Ordering::Relaxed);
-    let name = std::thread::current().name().unwrap_or("").as_bytes().to_owned();
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("")
+        .as_bytes()
+        .to_owned();
     for (i, byte) in slot.name.iter().enumerate() {
         byte.store(name.get(i).copied().unwrap_or(0), Ordering::Relaxed);
     }
@@ -217,7 +221,10 @@ impl Drop for SlotRelease {
             return;
         }
         let slot = &SLOTS[index as usize];
-        let open = slot.words.iter().any(|word| word.load(Ordering::Relaxed) & NEST_MASK != 0);
+        let open = slot
+            .words
+            .iter()
+            .any(|word| word.load(Ordering::Relaxed) & NEST_MASK != 0);
         if open {
             // A guard was forgotten (or is stored in another thread-local that
             // is destroyed later). Nothing it could protect is reachable any

@@ -114,8 +114,22 @@ fn synchronize_ignores_newer_guards() {
 fn concurrent_updaters_share_grace_periods() {
     let domain = Domain::new();
     let cell = Arc::new(RcuCell::new_in(0u64, &domain));
+    // A reader with short sleeping sections makes every grace period last
+    // long enough for updaters to queue up behind it, even on one core.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let domain = domain.clone();
+        let stop = stop.clone();
+        thread::spawn(move || {
+            nmi_rcu::register_thread();
+            while !stop.load(Ordering::Relaxed) {
+                let _guard = domain.read_lock();
+                thread::sleep(Duration::from_micros(100));
+            }
+        })
+    };
     let updaters = 8;
-    let rounds = 200;
+    let rounds = 50;
     let start = Arc::new(Barrier::new(updaters));
     let handles: Vec<_> = (0..updaters)
         .map(|_| {
@@ -133,6 +147,8 @@ fn concurrent_updaters_share_grace_periods() {
     for handle in handles {
         handle.join().unwrap();
     }
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
     let grace_periods = domain.stats().grace_periods;
     assert!(
         grace_periods >= rounds,

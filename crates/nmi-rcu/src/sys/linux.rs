@@ -34,7 +34,12 @@ pub(crate) fn membarrier_register() -> Result<(), i32> {
     }
     // SAFETY: as above.
     let result = unsafe {
-        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0)
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+            0,
+            0,
+        )
     };
     if result < 0 {
         return Err(errno());
@@ -55,7 +60,8 @@ pub(crate) fn membarrier_register() -> Result<(), i32> {
 /// from the kernel beyond the system call itself.
 pub(crate) fn membarrier() {
     // SAFETY: membarrier takes two integers and a flags word.
-    let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
+    let result =
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) };
     if result < 0 {
         // The command succeeded at registration, so failing now means the
         // kernel broke its own contract. Continuing would let a grace period
@@ -128,7 +134,12 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 pub(crate) fn futex_wake(word: &AtomicU32, count: i32) {
     // SAFETY: `word` is a valid, aligned 32-bit atomic.
     let result = unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, count)
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        )
     };
     if result < 0 {
         fatal(b"nmi-rcu: futex(FUTEX_WAKE) failed\n");
@@ -174,7 +185,8 @@ pub(crate) fn fatal(message: &[u8]) -> ! {
 pub(crate) fn write_stderr(mut message: &[u8]) {
     while !message.is_empty() {
         // SAFETY: the pointer and length describe a live byte slice.
-        let written = unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
+        let written =
+            unsafe { libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len()) };
         if written < 0 {
             if errno() == libc::EINTR {
                 continue;
