@@ -96,6 +96,11 @@ pub use handlers::{
 };
 // END handler-layer modules
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 /// Long-form documentation pages.
 #[cfg(not(loom))]
 pub mod guide {
