@@ -32,7 +32,7 @@ mod updater;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -211,6 +211,11 @@ pub fn run(args: &TortureArgs) -> ExitCode {
     }
 }
 
+/// The state of the last run. It keeps the leaked state reachable from a
+/// static, so leak checkers such as LeakSanitizer do not report the objects
+/// kept mapped on purpose.
+static LEAKED_STATE: AtomicPtr<RunState> = AtomicPtr::new(std::ptr::null_mut());
+
 /// The shared state of one run; leaked, see the module notes.
 struct RunState {
     pool: Pool,
@@ -252,6 +257,8 @@ fn execute(args: &TortureArgs) -> Result<Summary, TortureError> {
         stop_storm: AtomicBool::new(false),
         stop: AtomicBool::new(false),
     }));
+    // Relaxed: nothing reads the pointer; it only keeps the state reachable.
+    LEAKED_STATE.store(std::ptr::from_ref(state).cast_mut(), Ordering::Relaxed);
     let seed = time_seed();
     let domain_before = nmi_rcu::Domain::global().stats();
 
