@@ -9,7 +9,12 @@ use crate::grace::CallPlan;
 use crate::harness::SamplePlan;
 
 /// The settings of one benchmark run. [`Config::full`] and
-/// [`Config::quick`] are the two presets; fields can be changed after.
+/// [`Config::quick`] are the two presets, and fields can be changed after.
+///
+/// The presets keep every sample (a timed batch of loop iterations, signal
+/// deliveries or registration pairs) to a millisecond or two, shorter than
+/// a scheduler time slice. On a machine shared with other processes most
+/// samples then run without being preempted, and the median reflects them.
 ///
 /// # Examples
 ///
@@ -54,9 +59,9 @@ impl Config {
             quick: false,
             threads: default_threads(),
             read_plan: SamplePlan {
-                warmup_samples: 3,
-                samples: 60,
-                sample_time: Duration::from_millis(10),
+                warmup_samples: 5,
+                samples: 200,
+                sample_time: Duration::from_millis(2),
             },
             synchronize_plan: CallPlan {
                 warmup: 50,
@@ -68,9 +73,9 @@ impl Config {
             rate_duration: Duration::from_millis(1000),
             call_rcu_calls: 200_000,
             call_rcu_load: Duration::from_secs(2),
-            signal_samples: 60,
-            deliveries_per_sample: 2000,
-            pairs_per_sample: 500,
+            signal_samples: 300,
+            deliveries_per_sample: 200,
+            pairs_per_sample: 100,
         }
     }
 
@@ -82,9 +87,9 @@ impl Config {
             quick: true,
             threads: default_threads(),
             read_plan: SamplePlan {
-                warmup_samples: 1,
-                samples: 15,
-                sample_time: Duration::from_millis(4),
+                warmup_samples: 2,
+                samples: 50,
+                sample_time: Duration::from_millis(1),
             },
             synchronize_plan: CallPlan {
                 warmup: 10,
@@ -96,9 +101,9 @@ impl Config {
             rate_duration: Duration::from_millis(200),
             call_rcu_calls: 50_000,
             call_rcu_load: Duration::from_millis(500),
-            signal_samples: 15,
-            deliveries_per_sample: 1000,
-            pairs_per_sample: 200,
+            signal_samples: 80,
+            deliveries_per_sample: 200,
+            pairs_per_sample: 50,
         }
     }
 }

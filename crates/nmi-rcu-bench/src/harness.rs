@@ -3,11 +3,11 @@
 //!
 //! A sample is one timed run of a loop over many iterations, so the cost of
 //! reading the clock is spread over the iterations. Each thread times its
-//! own samples, and a barrier starts every sample on all threads at once,
-//! so the threads really run side by side. From each sample come two
-//! figures: the time per iteration on each thread, and the aggregate rate,
-//! which is all the threads' iterations divided by the slowest thread's
-//! time. Several loops are measured in turns, one sample each per round
+//! own samples, and a barrier releases every sample on all threads at once,
+//! so the threads run side by side as far as there are cores. From each
+//! sample come two figures: the time per iteration on each thread, and the
+//! aggregate rate, which is all the threads' iterations divided by the
+//! wall-clock time from the first thread's start to the last one's end. Several loops are measured in turns, one sample each per round
 //! ([`measure_in_turns`]), so that their ratios come from the same
 //! conditions.
 
@@ -40,8 +40,8 @@ pub struct ThreadedMeasurement {
     pub iterations_per_sample: u64,
     /// Nanoseconds per iteration on one thread, over all threads' samples.
     pub ns_per_iteration: Summary,
-    /// Millions of iterations per second summed over the threads, one
-    /// value per sample.
+    /// Millions of iterations per second of all threads together (see
+    /// [`summarize`]), one value per sample.
     pub aggregate_mops: Summary,
 }
 
@@ -162,12 +162,12 @@ pub fn measure_in_turns(
         .collect();
 
     // Step 1: the rounds. Each pool runs one sample per round, alone.
-    let mut times: Vec<Vec<Vec<Duration>>> = vec![Vec::with_capacity(plan.samples); pools.len()];
+    let mut samples: Vec<Vec<Vec<Span>>> = vec![Vec::with_capacity(plan.samples); pools.len()];
     for round in 0..plan.warmup_samples + plan.samples {
-        for (pool, pool_times) in pools.iter().zip(&mut times) {
+        for (pool, pool_samples) in pools.iter().zip(&mut samples) {
             let sample = pool.run_sample();
             if round >= plan.warmup_samples {
-                pool_times.push(sample);
+                pool_samples.push(sample);
             }
         }
     }
@@ -176,23 +176,39 @@ pub fn measure_in_turns(
     // Step 2: per-iteration costs and aggregate rates.
     loops
         .iter()
-        .zip(&times)
+        .zip(&samples)
         .map(|((_, iterations), samples)| summarize(threads, *iterations, samples))
         .collect()
 }
 
-/// Turns the per-thread times of each sample into the figures.
-fn summarize(threads: usize, iterations: u64, samples: &[Vec<Duration>]) -> ThreadedMeasurement {
+/// When one thread's sample started and ended, in nanoseconds since its
+/// pool started.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: u64,
+    end: u64,
+}
+
+/// Turns the spans of each sample into the figures.
+///
+/// The cost per iteration comes from each thread's own span. The aggregate
+/// rate divides all the threads' iterations by the wall-clock time from
+/// the first thread's start to the last thread's end: with more threads
+/// than cores, threads that take turns on a core must not count as running
+/// at once.
+fn summarize(threads: usize, iterations: u64, samples: &[Vec<Span>]) -> ThreadedMeasurement {
     let mut ns_per_iteration: Vec<f64> = samples
         .iter()
         .flatten()
-        .map(|elapsed| elapsed.as_nanos() as f64 / iterations as f64)
+        .map(|span| span.end.saturating_sub(span.start) as f64 / iterations as f64)
         .collect();
     let mut aggregate_mops: Vec<f64> = samples
         .iter()
         .map(|sample| {
-            let slowest = sample.iter().max().copied().unwrap_or_default();
-            (threads as u64 * iterations) as f64 / slowest.as_secs_f64().max(1e-12) / 1e6
+            let first_start = sample.iter().map(|span| span.start).min().unwrap_or(0);
+            let last_end = sample.iter().map(|span| span.end).max().unwrap_or(0);
+            let wall_ns = last_end.saturating_sub(first_start).max(1);
+            (threads as u64 * iterations) as f64 / wall_ns as f64 * 1e3
         })
         .collect();
     ThreadedMeasurement {
@@ -206,14 +222,22 @@ fn summarize(threads: usize, iterations: u64, samples: &[Vec<Duration>]) -> Thre
 /// The threads that run one loop, parked on a barrier between samples.
 struct Pool {
     /// Releases the threads into a sample (or, with `stop` set, out of
-    /// their loop); the main thread is the last party.
+    /// their loop). The main thread is the last party.
     start: Arc<Barrier>,
     /// Tells the main thread that every thread has finished its sample.
     done: Arc<Barrier>,
     stop: Arc<AtomicBool>,
-    /// The last sample's duration on each thread, in nanoseconds.
-    elapsed: Arc<Vec<AtomicU64>>,
+    /// The last sample's span on each thread, as start and end nanoseconds
+    /// since `Shared::epoch`.
+    shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The clock origin and the per-thread results of a [`Pool`].
+struct Shared {
+    epoch: Instant,
+    starts: Vec<AtomicU64>,
+    ends: Vec<AtomicU64>,
 }
 
 impl Pool {
@@ -221,7 +245,11 @@ impl Pool {
         let start = Arc::new(Barrier::new(threads + 1));
         let done = Arc::new(Barrier::new(threads + 1));
         let stop = Arc::new(AtomicBool::new(false));
-        let elapsed = Arc::new((0..threads).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            starts: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            ends: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+        });
         let handles = (0..threads)
             .map(|index| {
                 let worker = Worker {
@@ -229,7 +257,7 @@ impl Pool {
                     start: Arc::clone(&start),
                     done: Arc::clone(&done),
                     stop: Arc::clone(&stop),
-                    elapsed: Arc::clone(&elapsed),
+                    shared: Arc::clone(&shared),
                     index,
                     iterations,
                 };
@@ -240,20 +268,25 @@ impl Pool {
             start,
             done,
             stop,
-            elapsed,
+            shared,
             threads: handles,
         }
     }
 
-    /// Runs one sample on every thread and returns their durations.
-    fn run_sample(&self) -> Vec<Duration> {
+    /// Runs one sample on every thread and returns their spans.
+    fn run_sample(&self) -> Vec<Span> {
         self.start.wait();
         self.done.wait();
-        self.elapsed
+        // Relaxed: the `done` barrier (a mutex and condition variable
+        // inside) orders the workers' stores before these loads.
+        self.shared
+            .starts
             .iter()
-            // Relaxed: the `done` barrier (a mutex and condition variable
-            // inside) orders the workers' stores before these loads.
-            .map(|nanos| Duration::from_nanos(nanos.load(Ordering::Relaxed)))
+            .zip(&self.shared.ends)
+            .map(|(start, end)| Span {
+                start: start.load(Ordering::Relaxed),
+                end: end.load(Ordering::Relaxed),
+            })
             .collect()
     }
 }
@@ -278,7 +311,7 @@ struct Worker {
     start: Arc<Barrier>,
     done: Arc<Barrier>,
     stop: Arc<AtomicBool>,
-    elapsed: Arc<Vec<AtomicU64>>,
+    shared: Arc<Shared>,
     index: usize,
     iterations: u64,
 }
@@ -292,11 +325,12 @@ impl Worker {
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let start = Instant::now();
+            let start = self.shared.epoch.elapsed();
             std::hint::black_box((self.spec.run)(self.iterations));
-            let nanos = start.elapsed().as_nanos() as u64;
+            let end = self.shared.epoch.elapsed();
             // Relaxed: ordered by the `done` barrier (see `Pool::run_sample`).
-            self.elapsed[self.index].store(nanos, Ordering::Relaxed);
+            self.shared.starts[self.index].store(start.as_nanos() as u64, Ordering::Relaxed);
+            self.shared.ends[self.index].store(end.as_nanos() as u64, Ordering::Relaxed);
             self.done.wait();
         }
         (self.spec.leave_thread)();

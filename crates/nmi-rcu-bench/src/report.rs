@@ -232,35 +232,48 @@ impl Report {
         let threads = &self.config.threads;
         let mut header = vec!["read side: ns per section (median)".to_owned()];
         header.extend(threads.iter().map(|n| format!("{n} thr")));
+        header.push("min 1 thr".to_owned());
         header.extend(threads.iter().map(|n| format!("Mops/s {n} thr")));
-        header.push("x floor (1 thr)".to_owned());
+        header.push("x floor".to_owned());
+        header.push("x floor (min)".to_owned());
         let header: Vec<&str> = header.iter().map(String::as_str).collect();
         let mut table = Table::new(&header);
 
-        let floor = self.read_ns(Contender::Floor, 1);
+        let floor = self
+            .read_row(Contender::Floor, 1)
+            .map(|row| row.measurement.ns_per_iteration);
         for contender in Contender::ALL {
             if self.read_ns(contender, threads[0]).is_none() {
                 continue;
             }
+            let single = self
+                .read_row(contender, 1)
+                .map(|row| row.measurement.ns_per_iteration);
             let mut cells = vec![contender.name().to_owned()];
             cells.extend(
                 threads
                     .iter()
                     .map(|&n| self.read_ns(contender, n).map_or_else(String::new, num)),
             );
+            cells.push(single.map_or_else(String::new, |ns| num(ns.min)));
             cells.extend(
                 threads
                     .iter()
                     .map(|&n| self.read_mops(contender, n).map_or_else(String::new, num)),
             );
-            let ratio = self
-                .read_ns(contender, 1)
-                .zip(floor)
-                .map(|(ns, floor)| ns / floor);
-            cells.push(ratio.map_or_else(String::new, |r| format!("{r:.2}")));
+            let ratio = |pick: fn(&Summary) -> f64| {
+                single.zip(floor).map_or_else(String::new, |(ns, floor)| {
+                    format!("{:.2}", pick(&ns) / pick(&floor))
+                })
+            };
+            cells.push(ratio(|ns| ns.p50));
+            cells.push(ratio(|ns| ns.min));
             table.row(cells);
         }
-        table.render() + "\n"
+        table.render()
+            + "(per-thread ns: median over all threads' samples; min: fastest 1-thread sample; \
+               Mops/s: all threads' iterations per second, median over samples; \
+               x floor: 1-thread ratio to the floor)\n\n"
     }
 
     fn dispatch_table(&self) -> String {
