@@ -47,8 +47,8 @@ const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Set once `membarrier(2)` registration succeeded; never cleared.
 ///
-/// Readers load it on every outermost entry and exit to choose their
-/// barriers. It is written once, inside [`init`], before any thread can be
+/// Threads register only when it is set, so the registered read path never
+/// checks it. It is written once, inside [`init`], before any thread can be
 /// registered, and every updater passes through [`init`] first, so both
 /// sides agree on it (`Once` orders the store before their loads).
 static MEMBARRIER_READY: AtomicBool = AtomicBool::new(false);
@@ -83,7 +83,13 @@ thread_local! {
         const { [const { [const { Cell::new(0) }; 2] }; MAX_DOMAINS + 1] };
 }
 
-/// Returns the barrier mode the read side uses now.
+/// Returns whether the updater's asymmetric barrier (`membarrier(2)`) is
+/// available, which registration requires. Call after [`init`].
+pub(crate) fn asymmetric_barrier_ready() -> bool {
+    MEMBARRIER_READY.load(Ordering::Relaxed)
+}
+
+/// Returns the barrier mode grace periods use.
 #[inline(always)]
 fn barriers() -> Barriers {
     // Relaxed: see the invariant on `MEMBARRIER_READY`.
@@ -100,7 +106,7 @@ pub(crate) fn init() {
         Ok(()) => MEMBARRIER_READY.store(true, Ordering::Relaxed),
         Err(errno) => log::warn!(
             "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) is unavailable (errno {errno}); \
-                 nmi-rcu readers fall back to a full fence on entry and exit"
+                 every nmi-rcu reader takes the fallback path (an atomic increment on entry and exit)"
         ),
     });
 }
@@ -604,7 +610,9 @@ impl DomainInner {
     pub(crate) fn read_lock_with_id(&self, id: usize) -> Guard<'_> {
         match threads::current_word(id) {
             Some(word) => {
-                protocol::word_enter(word, &self.gp_counter, barriers());
+                // Asymmetric: only threads registered after membarrier
+                // registration succeeded have a word (`register_current_thread`).
+                protocol::word_enter(word, &self.gp_counter, Barriers::Asymmetric);
                 Guard {
                     domain: self,
                     state: word as *const ReaderWord as usize,
@@ -927,7 +935,8 @@ impl Drop for Guard<'_> {
             // SAFETY: an untagged state is the address of a `&'static` slot
             // word (field invariant).
             let word = unsafe { &*(self.state as *const ReaderWord) };
-            protocol::word_exit(word, barriers());
+            // Asymmetric: see `read_lock_with_id`.
+            protocol::word_exit(word, Barriers::Asymmetric);
         } else {
             self.fallback_exit();
         }

@@ -119,8 +119,9 @@ pub mod guide {
 ///
 /// - Wait-free on every thread: a fixed number of instructions, no loop.
 /// - On a registered thread: plain loads and stores, no atomic
-///   read-modify-write, no hardware fence (when `membarrier(2)` is available;
-///   otherwise one `SeqCst` fence on entry and one on exit).
+///   read-modify-write, no hardware fence. (Threads can register only when
+///   `membarrier(2)` is available; otherwise every thread takes the fallback
+///   path.)
 /// - On any other thread: one atomic increment on entry and one on exit.
 ///
 /// # Async-signal safety

@@ -17,8 +17,9 @@
 //!   count of one) into the word with a plain store; nested entries add one;
 //!   [`word_exit`] subtracts one. No read-modify-write, no hardware
 //!   fence: the updater's asymmetric barrier (`membarrier`) supplies the
-//!   fence the reader skipped. Without membarrier, [`Barriers::Fenced`] puts
-//!   a `SeqCst` fence in its place.
+//!   fence the reader skipped. Without membarrier, threads do not register;
+//!   [`Barriers::Fenced`], which puts a `SeqCst` fence in the reader, exists
+//!   for the loom models.
 //! - **Fallback path** (any other thread, including threads created by C code,
 //!   the main thread before set-up and a thread that is exiting): the reader
 //!   increments a lock counter for the current phase in one of
@@ -102,8 +103,10 @@ pub(crate) enum Barriers {
     /// The updater issues `membarrier(2)`; registered readers need only
     /// compiler fences.
     Asymmetric,
-    /// No asymmetric barrier is available: registered readers issue a
-    /// `SeqCst` fence on entry and exit, and the updater a `SeqCst` fence.
+    /// Readers issue a `SeqCst` fence on entry and exit, and the updater a
+    /// `SeqCst` fence. Production never runs registered readers this way
+    /// (without membarrier, threads do not register); the loom models do,
+    /// because loom cannot model membarrier.
     Fenced,
 }
 
@@ -183,16 +186,17 @@ pub(crate) fn word_exit_interruptible(
     // Relaxed: see `word_enter`.
     let current = word.load(Ordering::Relaxed);
     interrupt();
-    if current & NEST_MASK == NEST_ONE {
-        match barriers {
-            // The section's loads must complete before the word says
-            // "inactive", or the updater could free what they read.
-            Barriers::Fenced => fence(Ordering::SeqCst),
-            Barriers::Asymmetric => compiler_fence(),
-        }
+    match barriers {
+        // The section's loads must complete before the word says
+        // "inactive", or the updater could free what they read. Only the
+        // outermost exit needs it; nested exits leave the thread protected.
+        Barriers::Fenced if current & NEST_MASK == NEST_ONE => fence(Ordering::SeqCst),
+        Barriers::Fenced => {}
+        // Unconditional: a compiler fence costs nothing at run time, and
+        // testing for the outermost exit would cost a branch.
+        Barriers::Asymmetric => compiler_fence(),
     }
-    // Relaxed: ordered by the barrier above for the outermost exit; a nested
-    // exit leaves the thread protected by the outer section.
+    // Relaxed: ordered by the barrier above for the outermost exit.
     word.store(current - NEST_ONE, Ordering::Relaxed);
 }
 

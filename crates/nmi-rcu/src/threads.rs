@@ -6,7 +6,7 @@
 //! The read side must find the calling thread's reader word without
 //! allocating, locking or initialising a thread-local lazily. The table is a
 //! `static` array ([`SLOTS`]); the only thread-local the read side touches is
-//! [`CURRENT_SLOT`], a `Cell<u32>` with a constant initialiser and no
+//! [`CURRENT_SLOT`], a `Cell` pointer with a constant initialiser and no
 //! destructor, which Rust on Linux compiles to a plain TLS access with no
 //! registration step. A thread whose `CURRENT_SLOT` is empty (never
 //! registered, or the table was full) takes the fallback path.
@@ -46,9 +46,6 @@ pub(crate) const MAX_DOMAINS: usize = 64;
 
 /// Bytes of a thread's name kept for stall warnings.
 const NAME_BYTES: usize = 32;
-
-/// The value of [`CURRENT_SLOT`] for a thread without a slot.
-const NO_SLOT: u32 = u32::MAX;
 
 const FREE: u32 = 0;
 const IN_USE: u32 = 1;
@@ -93,12 +90,13 @@ static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 static FULL_WARNED: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
-    /// The calling thread's slot index, or `NO_SLOT`.
+    /// The calling thread's slot, or null.
     ///
-    /// Invariant: holds `NO_SLOT` or an index below `MAX_THREADS` whose slot
-    /// is `IN_USE` by this thread. Constant-initialised with no destructor,
+    /// Invariant: null, or a pointer into `SLOTS` to a slot that is `IN_USE`
+    /// by this thread. Holding the pointer instead of an index saves the
+    /// read side the address arithmetic. Constant-initialised with no destructor,
     /// so reading it never allocates or registers anything.
-    static CURRENT_SLOT: Cell<u32> = const { Cell::new(NO_SLOT) };
+    static CURRENT_SLOT: Cell<*const Slot> = const { Cell::new(core::ptr::null()) };
 
     /// Frees the thread's slot when the thread exits.
     static SLOT_RELEASE: SlotRelease = const { SlotRelease };
@@ -112,13 +110,13 @@ thread_local! {
 /// Safe: one constant-initialised thread-local read and address arithmetic.
 #[inline(always)]
 pub(crate) fn current_word(id: usize) -> Option<&'static ReaderWord> {
-    let index = CURRENT_SLOT.with(Cell::get);
-    if index == NO_SLOT || id >= MAX_DOMAINS {
+    let slot = CURRENT_SLOT.with(Cell::get);
+    if slot.is_null() || id >= MAX_DOMAINS {
         return None;
     }
-    // SAFETY: `CURRENT_SLOT` holds an index below `MAX_THREADS` when it is
-    // not `NO_SLOT` (its invariant), and `id < MAX_DOMAINS` was checked.
-    Some(unsafe { SLOTS.get_unchecked(index as usize).words.get_unchecked(id) })
+    // SAFETY: a non-null `CURRENT_SLOT` points into `SLOTS` (its invariant),
+    // and `id < MAX_DOMAINS` was checked.
+    Some(unsafe { (*slot).words.get_unchecked(id) })
 }
 
 /// Returns the index of the calling thread's slot, if it is registered.
@@ -140,15 +138,26 @@ pub(crate) fn current_word(id: usize) -> Option<&'static ReaderWord> {
 /// ```
 #[inline]
 pub fn current_thread_slot() -> Option<usize> {
-    let index = CURRENT_SLOT.with(Cell::get);
-    (index != NO_SLOT).then_some(index as usize)
+    let slot = CURRENT_SLOT.with(Cell::get);
+    (!slot.is_null()).then(|| slot_index(slot))
+}
+
+/// Returns the index in `SLOTS` of a slot pointer taken from `CURRENT_SLOT`.
+fn slot_index(slot: *const Slot) -> usize {
+    (slot as usize - SLOTS.as_ptr() as usize) / core::mem::size_of::<Slot>()
 }
 
 /// Registers the calling thread, so that its read-side sections take the
 /// fast path. Idempotent. Returns whether the thread has a slot.
 pub(crate) fn register_current_thread() -> bool {
-    if CURRENT_SLOT.with(Cell::get) != NO_SLOT {
+    if !CURRENT_SLOT.with(Cell::get).is_null() {
         return true;
+    }
+    // The registered path has no fence of its own: it relies on the
+    // updater's membarrier. Without one, threads stay on the fallback path,
+    // whose atomic increments are full barriers.
+    if !crate::domain::asymmetric_barrier_ready() {
+        return false;
     }
     let Some(index) = claim_slot() else {
         if FULL_WARNED.swap(1, Ordering::Relaxed) == 0 {
@@ -161,13 +170,18 @@ pub(crate) fn register_current_thread() -> bool {
 
     let slot = &SLOTS[index];
     slot.tid.store(sys::gettid(), Ordering::Relaxed);
-    let name = std::thread::current()
-        .name()
-        .unwrap_or("")
-        .as_bytes()
-        .to_owned();
-    for (i, byte) in slot.name.iter().enumerate() {
-        byte.store(name.get(i).copied().unwrap_or(0), Ordering::Relaxed);
+    // pthread's name, not std's: it also names threads created by C code, and
+    // it works inside thread-local destructors, where std's may not.
+    let mut name = [0u8; NAME_BYTES];
+    // SAFETY: the buffer is writable for its full length, which is passed.
+    let named = unsafe {
+        libc::pthread_getname_np(libc::pthread_self(), name.as_mut_ptr().cast(), NAME_BYTES)
+    };
+    if named != 0 {
+        name = [0; NAME_BYTES];
+    }
+    for (byte, value) in slot.name.iter().zip(name) {
+        byte.store(value, Ordering::Relaxed);
     }
 
     // Arm the destructor before publishing the index, so that no path can
@@ -179,7 +193,7 @@ pub(crate) fn register_current_thread() -> bool {
         slot.state.store(FREE, Ordering::Release);
         return false;
     }
-    CURRENT_SLOT.with(|current| current.set(index as u32));
+    CURRENT_SLOT.with(|current| current.set(slot));
     true
 }
 
@@ -214,13 +228,14 @@ impl SlotRelease {
 
 impl Drop for SlotRelease {
     fn drop(&mut self) {
-        let Ok(index) = CURRENT_SLOT.try_with(|current| current.replace(NO_SLOT)) else {
+        let Ok(slot) = CURRENT_SLOT.try_with(|current| current.replace(core::ptr::null())) else {
             return;
         };
-        if index == NO_SLOT {
+        if slot.is_null() {
             return;
         }
-        let slot = &SLOTS[index as usize];
+        // SAFETY: a non-null `CURRENT_SLOT` points into `SLOTS` (invariant).
+        let slot = unsafe { &*slot };
         let open = slot
             .words
             .iter()
@@ -306,9 +321,10 @@ pub(crate) fn current_nesting(id: usize) -> usize {
 /// Safe: loads and stores of atomics and one raw system call.
 pub(crate) fn reset_after_fork() {
     let own = CURRENT_SLOT.with(Cell::get);
+    let own = (!own.is_null()).then(|| slot_index(own));
     let high_water = HIGH_WATER.load(Ordering::SeqCst);
     for (index, slot) in SLOTS[..high_water].iter().enumerate() {
-        if index as u32 == own {
+        if Some(index) == own {
             slot.tid.store(sys::gettid(), Ordering::Relaxed);
             continue;
         }
