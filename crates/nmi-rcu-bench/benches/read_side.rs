@@ -49,23 +49,39 @@ fn read_side(c: &mut Criterion) {
     group.finish();
 }
 
+/// The result of [`paired_ratio`]: both loops' times per iteration and
+/// the ratio of each pair, over all pairs.
+struct Paired {
+    first_ns: Summary,
+    second_ns: Summary,
+    ratio: Summary,
+}
+
 /// Times `first` and `second` alternately on the calling thread, `samples`
-/// times each over `iterations`, and returns the median of second / first.
+/// times each over `iterations`, after one untimed run of each.
 fn paired_ratio(
     first: fn(u64) -> u64,
     second: fn(u64) -> u64,
     samples: usize,
     iterations: u64,
-) -> Summary {
+) -> Paired {
     let time = |run: fn(u64) -> u64| {
         let start = Instant::now();
         black_box(run(iterations));
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_nanos() as f64 / iterations as f64
     };
     time(first);
     time(second);
-    let mut ratios: Vec<f64> = (0..samples).map(|_| time(second) / time(first)).collect();
-    Summary::of(&mut ratios)
+
+    let pairs: Vec<(f64, f64)> = (0..samples).map(|_| (time(first), time(second))).collect();
+    let mut first_ns: Vec<f64> = pairs.iter().map(|pair| pair.0).collect();
+    let mut second_ns: Vec<f64> = pairs.iter().map(|pair| pair.1).collect();
+    let mut ratio: Vec<f64> = pairs.iter().map(|(first, second)| second / first).collect();
+    Paired {
+        first_ns: Summary::of(&mut first_ns),
+        second_ns: Summary::of(&mut second_ns),
+        ratio: Summary::of(&mut ratio),
+    }
 }
 
 /// Prints the paired ratios of each nmi-rcu path to the floor.
@@ -84,14 +100,12 @@ fn print_ratios() {
     .expect("the ratio thread panicked");
 
     println!("read_side ratio to the floor ({SAMPLES} paired samples of {ITERATIONS} iterations):");
-    println!(
-        "  nmi-rcu registered:   median {:.3}, p90 {:.3}",
-        registered.p50, registered.p90
-    );
-    println!(
-        "  nmi-rcu unregistered: median {:.3}, p90 {:.3}",
-        unregistered.p50, unregistered.p90
-    );
+    for (name, paired) in [("registered", &registered), ("unregistered", &unregistered)] {
+        println!(
+            "  nmi-rcu {name:<12} median ratio {:.3} (p90 {:.3}); median ns: floor {:.2}, nmi-rcu {:.2}",
+            paired.ratio.p50, paired.ratio.p90, paired.first_ns.p50, paired.second_ns.p50
+        );
+    }
 }
 
 fn main() {

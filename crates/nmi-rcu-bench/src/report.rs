@@ -187,6 +187,15 @@ impl Report {
             .find(|row| row.contender == contender.name() && row.measurement.threads == threads)
     }
 
+    /// Returns the floor's aggregate throughput at 2 threads divided by its
+    /// throughput at 1 thread: how much of a second core the machine gave
+    /// this run. No read-side section can scale better than the floor.
+    pub fn floor_scaling(&self) -> Option<f64> {
+        self.read_mops(Contender::Floor, 2)
+            .zip(self.read_mops(Contender::Floor, 1))
+            .map(|(two, one)| two / one)
+    }
+
     /// Returns the `synchronize` latency of `library` in the setting whose
     /// label is `setting`.
     pub fn latency(&self, library: &str, setting: &str) -> Option<Summary> {
@@ -219,6 +228,12 @@ impl Report {
         out += &self.call_rcu_table();
         out += &self.registration_table();
         out += &self.targets_table();
+        if let Some(scaling) = self.floor_scaling() {
+            out += &format!(
+                "reference: the floor's own throughput, 2 threads vs 1, was {scaling:.2}x in this run \
+                 (below 1.8x, other processes kept the second core busy)\n"
+            );
+        }
         if !self.skipped.is_empty() {
             out += "\nSkipped:\n";
             for skipped in &self.skipped {
