@@ -99,7 +99,7 @@ pub enum Bound {
     AtLeast,
 }
 
-/// One target of the performance issue, checked against this run.
+/// One performance target, checked against this run.
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetCheck {
     /// The figure, in words.
