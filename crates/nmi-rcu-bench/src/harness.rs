@@ -238,6 +238,8 @@ struct Shared {
     epoch: Instant,
     starts: Vec<AtomicU64>,
     ends: Vec<AtomicU64>,
+    /// Threads that have reached the start line, summed over all samples.
+    arrived: AtomicU64,
 }
 
 impl Pool {
@@ -249,6 +251,7 @@ impl Pool {
             epoch: Instant::now(),
             starts: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             ends: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            arrived: AtomicU64::new(0),
         });
         let handles = (0..threads)
             .map(|index| {
@@ -319,12 +322,17 @@ struct Worker {
 impl Worker {
     fn run(self) {
         (self.spec.enter_thread)();
+        let threads = self.shared.starts.len() as u64;
+        let mut samples = 0u64;
         loop {
             self.start.wait();
             // Relaxed: ordered by the `start` barrier (see `Pool::drop`).
             if self.stop.load(Ordering::Relaxed) {
                 break;
             }
+            samples += 1;
+            self.wait_for_pool(threads * samples);
+
             let start = self.shared.epoch.elapsed();
             std::hint::black_box((self.spec.run)(self.iterations));
             let end = self.shared.epoch.elapsed();
@@ -334,5 +342,27 @@ impl Worker {
             self.done.wait();
         }
         (self.spec.leave_thread)();
+    }
+
+    /// Spins until every thread of the pool has woken up for this sample,
+    /// so the timed loops overlap. A woken thread may wait for a core for
+    /// a millisecond or more on a busy machine. Without this start line, a
+    /// sample that short could run on one thread after the other and never
+    /// measure the threads side by side.
+    fn wait_for_pool(&self, target: u64) {
+        // Relaxed: the counter only releases a spin. It hands over no data,
+        // and the barriers order everything else.
+        self.shared.arrived.fetch_add(1, Ordering::Relaxed);
+        let mut spins = 0u32;
+        // Relaxed: see above.
+        while self.shared.arrived.load(Ordering::Relaxed) < target {
+            spins += 1;
+            if spins % 64 == 0 {
+                // Lets a pool thread that waits for this core get on it.
+                thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 }
