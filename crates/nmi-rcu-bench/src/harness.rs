@@ -7,9 +7,11 @@
 //! so the threads run side by side as far as there are cores. From each
 //! sample come two figures: the time per iteration on each thread, and the
 //! aggregate rate, which is all the threads' iterations divided by the
-//! wall-clock time from the first thread's start to the last one's end. Several loops are measured in turns, one sample each per round
-//! ([`measure_in_turns`]), so that their ratios come from the same
-//! conditions.
+//! wall-clock time from the first thread's start to the last one's end.
+//! Each thread of a pool is pinned to its own CPU, wrapping around when
+//! there are more threads than CPUs. Several loops are measured in turns,
+//! one sample each per round ([`measure_in_turns`]), so that their ratios
+//! come from the same conditions.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -321,6 +323,7 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
+        pin_to_cpu(self.index);
         (self.spec.enter_thread)();
         let threads = self.shared.starts.len() as u64;
         let mut samples = 0u64;
@@ -365,4 +368,36 @@ impl Worker {
             }
         }
     }
+}
+
+/// Pins the calling thread to the `index`-th CPU that the process may run
+/// on, wrapping around, so the threads of a pool spread over the cores
+/// instead of sharing one until the scheduler balances them. A failure
+/// leaves the thread unpinned, which only costs accuracy.
+fn pin_to_cpu(index: usize) {
+    // SAFETY: an all-zero `cpu_set_t` is the empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `allowed` is a valid `cpu_set_t` of the size passed, and pid
+    // 0 means the calling thread.
+    let queried =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) };
+    if queried != 0 {
+        return;
+    }
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the capacity of the set.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &allowed) })
+        .collect();
+    if cpus.is_empty() {
+        return;
+    }
+
+    // SAFETY: as above, an all-zero `cpu_set_t` is the empty set.
+    let mut target: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the CPU number comes from the queried set, so it is below
+    // CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpus[index % cpus.len()], &mut target) };
+    // SAFETY: `target` is a valid `cpu_set_t` of the size passed; pid 0 is
+    // the calling thread. The result is ignored on purpose (see above).
+    let _ = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &target) };
 }
