@@ -16,10 +16,12 @@
 //! One thread per domain, started by the first update-side call that needs
 //! it. It loops: take every queued node, run grace periods until one that
 //! began after the take is over, run the nodes oldest first. Every node
-//! taken together shares one grace period. Between batches it sleeps on a
-//! futex word that pushers bump only when it says it is asleep, so a push
-//! costs no system call while the reclaimer is busy. Polled grace periods
-//! ([`Queue::request_grace_period`]) are driven by the same loop.
+//! taken together shares one grace period. For 100 ms after its last work it
+//! naps in 1 ms steps and looks at the queue between naps; after that it
+//! sleeps on a futex word that pushers bump only when it says it is asleep.
+//! So a push costs no system call while callbacks keep coming, and a
+//! callback waits at most one nap longer than its grace period. Polled grace
+//! periods ([`Queue::request_grace_period`]) are driven by the same loop.
 //!
 //! A shared domain's reclaimer holds only a weak reference between batches,
 //! so it lets the domain go once the last handle is dropped.
@@ -54,6 +56,15 @@ const DEFAULT_BACKLOG_LIMIT: u64 = 100_000;
 /// How long an idle reclaimer sleeps before it checks whether its domain is
 /// still alive.
 const IDLE_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a reclaimer with nothing to do naps before it looks at the
+/// queue again, while it has had work recently. Bounds the extra delay of a
+/// callback queued during a nap.
+const NAP: Duration = Duration::from_millis(1);
+
+/// Naps before an idle reclaimer sleeps until woken: 100 ms of polling
+/// after the last work, then no wake-ups at all.
+const NAPS_BEFORE_SLEEP: u32 = 100;
 
 const NOT_STARTED: u32 = 0;
 const RUNNING: u32 = 1;
@@ -219,6 +230,8 @@ impl Queue {
     pub(crate) fn request_grace_period(&self, domain: &Domain, target: u64) {
         self.requested_seq.fetch_max(target, Ordering::SeqCst);
         self.ensure_reclaimer(domain);
+        // Cut a nap short, so a polled grace period is not delayed by it.
+        self.wake();
     }
 
     /// Starts the reclaimer if it is not running, and wakes it.
@@ -321,6 +334,8 @@ impl Queue {
             *flag.lock().unwrap_or_else(|poison| poison.into_inner()) = true;
             condvar.notify_all();
         });
+        // Cut a nap short: the caller is blocked until the queue is run.
+        self.wake();
         let (flag, condvar) = &*done;
         let mut finished = flag.lock().unwrap_or_else(|poison| poison.into_inner());
         while !*finished {
@@ -412,12 +427,16 @@ impl Queue {
 fn reclaimer_main(domain_ref: DomainRef) {
     IS_RECLAIMER.with(|flag| flag.set(true));
     crate::register_thread();
+    let mut idle_naps = 0;
     while let Some(domain) = domain_ref.upgrade() {
         let queue = &domain.inner().reclaim;
         // Read before checking for work, so a wake-up after the check makes
         // the futex wait return at once.
         let wake_value = queue.wake_word.load(Ordering::SeqCst);
-        if queue.run_batch(&domain) != 0 {
+        let requested = queue.requested_seq.load(Ordering::SeqCst);
+        let polled = !domain.inner().completed(requested);
+        if queue.run_batch(&domain) != 0 || polled {
+            idle_naps = 0;
             continue;
         }
 
@@ -426,7 +445,18 @@ fn reclaimer_main(domain_ref: DomainRef) {
             queue.reclaimer.store(NOT_STARTED, Ordering::Release);
             return;
         }
-        // SeqCst: see `wake_if_sleeping`.
+
+        // Nap: pushers see `sleeping` false and make no system call, so
+        // queueing stays cheap while callbacks keep coming. `barrier`,
+        // `start_poll` and back-pressure still cut a nap short with `wake`.
+        if idle_naps < NAPS_BEFORE_SLEEP {
+            idle_naps += 1;
+            sys::futex_wait(&queue.wake_word, wake_value, Some(NAP));
+            continue;
+        }
+        idle_naps = 0;
+
+        // Sleep until a pusher wakes us. SeqCst: see `wake_if_sleeping`.
         queue.sleeping.store(true, Ordering::SeqCst);
         let requested = queue.requested_seq.load(Ordering::SeqCst);
         if queue.head.load(Ordering::SeqCst).is_null() && domain.inner().completed(requested) {
