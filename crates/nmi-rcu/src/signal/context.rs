@@ -37,7 +37,9 @@ pub struct SignalContext {
     signal: Signal,
     info: *const libc::siginfo_t,
     ucontext: *mut c_void,
-    thread_id: libc::pid_t,
+    /// The receiving thread's kernel id, fetched on first use: `gettid(2)`
+    /// is a system call, which most handlers never need. 0 until then.
+    thread_id: core::cell::Cell<libc::pid_t>,
 }
 
 impl SignalContext {
@@ -45,7 +47,7 @@ impl SignalContext {
     ///
     /// # Async-signal safety
     ///
-    /// Safe: stores four values.
+    /// Safe: stores four values; the thread id is fetched later, on demand.
     ///
     /// # Safety
     ///
@@ -56,13 +58,12 @@ impl SignalContext {
         signal: Signal,
         info: *const libc::siginfo_t,
         ucontext: *mut c_void,
-        thread_id: libc::pid_t,
     ) -> Self {
         SignalContext {
             signal,
             info,
             ucontext,
-            thread_id,
+            thread_id: core::cell::Cell::new(0),
         }
     }
 
@@ -104,10 +105,14 @@ impl SignalContext {
     ///
     /// # Async-signal safety
     ///
-    /// Safe: reads the siginfo or a stored field; no allocation, no system
-    /// call.
+    /// Safe: the first call on a context makes one `gettid(2)` system call,
+    /// which is async-signal-safe and never blocks; later calls read the
+    /// stored value.
     pub fn thread_id(&self) -> i32 {
-        self.thread_id
+        if self.thread_id.get() == 0 {
+            self.thread_id.set(super::sys::gettid());
+        }
+        self.thread_id.get()
     }
 
     /// Returns the process id of the sender, for signals sent by a process
@@ -199,7 +204,7 @@ impl fmt::Debug for SignalContext {
         f.debug_struct("SignalContext")
             .field("signal", &self.signal)
             .field("code", &self.code())
-            .field("thread_id", &self.thread_id)
+            .field("thread_id", &self.thread_id())
             .field("sender_pid", &self.sender_pid())
             .field("fault_address", &self.fault_address())
             .finish_non_exhaustive()

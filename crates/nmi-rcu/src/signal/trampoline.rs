@@ -285,7 +285,7 @@ unsafe fn dispatch(
     let _marker = DispatchMarker::enter(signal.number());
     // SAFETY: precondition 1 discharges both preconditions of `new`; the
     // context does not outlive this function.
-    let context = unsafe { SignalContext::new(signal, info, ucontext, sys::gettid()) };
+    let context = unsafe { SignalContext::new(signal, info, ucontext) };
     match catch_unwind(AssertUnwindSafe(|| state.registry.dispatch(&context))) {
         Ok(handled) => handled,
         Err(payload) => {
