@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::harness::pin_to_cpu;
 use crate::read_side::nmi_rcu_loop;
 use crate::stats::Summary;
 use crate::urcu::{Flavor, Unavailable, Urcu};
@@ -115,12 +116,12 @@ impl Readers {
         let release = Arc::new(Barrier::new(count + 1));
 
         let threads = (0..count)
-            .map(|_| {
+            .map(|index| {
                 let (stop, ready, release) =
                     (Arc::clone(&stop), Arc::clone(&ready), Arc::clone(&release));
                 thread::Builder::new()
                     .stack_size(IDLE_STACK_SIZE)
-                    .spawn(move || reader_thread(library, busy, &stop, &ready, &release))
+                    .spawn(move || reader_thread(library, busy, index, &stop, &ready, &release))
                     .expect("failed to spawn a reader thread")
             })
             .collect();
@@ -146,14 +147,20 @@ impl Drop for Readers {
 }
 
 /// Runs one reader thread: registers, waits for the start, runs sections
-/// if busy, waits for the release, unregisters.
+/// if busy, waits for the release, unregisters. Busy readers are pinned to
+/// CPU `index` (modulo the CPU count), so two busy readers occupy two
+/// cores.
 fn reader_thread(
     library: GraceLibrary,
     busy: bool,
+    index: usize,
     stop: &AtomicBool,
     ready: &Barrier,
     release: &Barrier,
 ) {
+    if busy {
+        pin_to_cpu(index);
+    }
     library.register_thread();
     ready.wait();
     if busy {

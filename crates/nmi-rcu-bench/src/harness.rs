@@ -374,7 +374,7 @@ impl Worker {
 /// on, wrapping around, so the threads of a pool spread over the cores
 /// instead of sharing one until the scheduler balances them. A failure
 /// leaves the thread unpinned, which only costs accuracy.
-fn pin_to_cpu(index: usize) {
+pub(crate) fn pin_to_cpu(index: usize) {
     // SAFETY: an all-zero `cpu_set_t` is the empty set.
     let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `allowed` is a valid `cpu_set_t` of the size passed, and pid
