@@ -584,6 +584,14 @@ pub(crate) struct DomainInner {
     gp_seq: AtomicU64,
     /// Serialises grace periods and the id assignment.
     gp_lock: RawLock,
+    /// The largest grace-period target any blocked caller has asked for.
+    gp_requested: AtomicU64,
+    /// Futex word that callers waiting for a driver's grace period sleep on;
+    /// bumped after every grace period.
+    gp_wake: AtomicU32,
+    /// Callers asleep on `gp_wake`, so the driver skips the wake-up system
+    /// call when there are none.
+    gp_sleepers: AtomicU32,
     stall_timeout_ms: AtomicU64,
     pub(crate) reclaim: Queue,
 }
@@ -596,6 +604,9 @@ impl DomainInner {
             fallback: FallbackCounters::new(),
             gp_seq: AtomicU64::new(0),
             gp_lock: RawLock::new(),
+            gp_requested: AtomicU64::new(0),
+            gp_wake: AtomicU32::new(0),
+            gp_sleepers: AtomicU32::new(0),
             stall_timeout_ms: AtomicU64::new(DEFAULT_STALL_TIMEOUT.as_millis() as u64),
             reclaim: Queue::new(),
         }
@@ -712,13 +723,63 @@ impl DomainInner {
 
     /// Runs grace periods until `target` is reached, sharing them with
     /// concurrent callers.
+    ///
+    /// One caller at a time is the driver: it holds `gp_lock` and runs grace
+    /// periods back to back while any caller still needs one, waking every
+    /// sleeping caller after each. The others sleep on `gp_wake`, so a grace
+    /// period ends the waits of every caller that asked before it began. A
+    /// driver whose own target is reached keeps driving for at most
+    /// `EXTRA_DRIVEN` more grace periods, then hands over.
     pub(crate) fn wait_for_seq(&self, target: u64) {
+        const EXTRA_DRIVEN: u32 = 2;
         while !self.completed(target) {
-            self.gp_lock.lock();
-            if !self.completed(target) {
-                self.run_one_grace_period();
+            // SeqCst: pairs with the driver's SeqCst load of `gp_requested`
+            // after it unlocks; either it sees this request or this thread's
+            // `try_lock` sees the lock free.
+            self.gp_requested.fetch_max(target, Ordering::SeqCst);
+            if self.gp_lock.try_lock() {
+                let mut extra = 0;
+                while !self.completed(target)
+                    || (extra < EXTRA_DRIVEN
+                        && !self.completed(self.gp_requested.load(Ordering::SeqCst)))
+                {
+                    if self.completed(target) {
+                        extra += 1;
+                    }
+                    self.run_one_grace_period();
+                    self.wake_gp_waiters();
+                }
+                self.gp_lock.unlock();
+                // A request that came in after the last check above found the
+                // lock taken and went to sleep: wake it to take over.
+                if !self.completed(self.gp_requested.load(Ordering::SeqCst)) {
+                    self.wake_gp_waiters();
+                }
+                continue;
             }
-            self.gp_lock.unlock();
+
+            // Another thread drives. Read the futex word before rechecking,
+            // so a wake-up after the check makes the wait return at once; the
+            // timeout covers a driver that left between our `try_lock` and
+            // its last look at the requests.
+            let wake_value = self.gp_wake.load(Ordering::SeqCst);
+            if self.completed(target) {
+                break;
+            }
+            self.gp_sleepers.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wait(&self.gp_wake, wake_value, Some(Duration::from_millis(1)));
+            self.gp_sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes every caller sleeping in `wait_for_seq`.
+    fn wake_gp_waiters(&self) {
+        self.gp_wake.fetch_add(1, Ordering::SeqCst);
+        // SeqCst: pairs with the sleepers' increment before their wait; a
+        // sleeper not yet counted reads `gp_wake` after our increment and
+        // does not sleep.
+        if self.gp_sleepers.load(Ordering::SeqCst) != 0 {
+            sys::futex_wake(&self.gp_wake, i32::MAX);
         }
     }
 
@@ -1054,9 +1115,19 @@ impl RawLock {
         }
     }
 
+    /// Takes the lock if it is free, without waiting.
+    pub(crate) fn try_lock(&self) -> bool {
+        // SeqCst: the grace-period driver election in `wait_for_seq` relies on
+        // a total order between this and a later `gp_requested` load.
+        self.state
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::Relaxed)
+            .is_ok()
+    }
+
     pub(crate) fn unlock(&self) {
-        // Release: pairs with the Acquire in `lock`.
-        if self.state.swap(0, Ordering::Release) == 2 {
+        // SeqCst: Release pairs with the Acquire in `lock`; the total order
+        // serves the driver election in `wait_for_seq`.
+        if self.state.swap(0, Ordering::SeqCst) == 2 {
             sys::futex_wake(&self.state, 1);
         }
     }
