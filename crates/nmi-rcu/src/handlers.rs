@@ -296,6 +296,14 @@ impl<A: 'static> RemovedHandler<A> {
         stats
     }
 
+    /// Queues the handler to be dropped after a grace period, without
+    /// building its statistics.
+    pub(crate) fn discard(self) {
+        if let Some(retired) = self.retired {
+            retired.defer();
+        }
+    }
+
     /// Queues the handler to be dropped after a grace period and returns its
     /// statistics as of its removal.
     ///
@@ -367,7 +375,9 @@ impl<A: 'static> HandlerRegistry<A> {
         clock::calibrate();
         let lock = self.lock_updates();
 
-        let mut entries = self.snapshot();
+        // Room for the new entry, so that neither the insertion nor the
+        // conversion to a boxed slice reallocates.
+        let mut entries = self.snapshot(1);
         if entries.iter().any(|entry| *entry.name == *name) {
             return Err(HandlerError::DuplicateName {
                 name: name.to_owned(),
@@ -412,13 +422,20 @@ impl<A: 'static> HandlerRegistry<A> {
         assert_not_in_signal_handler("HandlerRegistry::remove");
         let lock = self.lock_updates();
 
-        let mut entries = self.snapshot();
-        let Some(index) = entries.iter().position(|entry| *entry.name == *name) else {
+        let guard = read_lock();
+        let current: &[Arc<Entry<A>>] = self.list.read(&guard).map_or(&[], |list| &list.entries);
+        let Some(index) = current.iter().position(|entry| *entry.name == *name) else {
             return Err(HandlerError::NotRegistered {
                 name: name.to_owned(),
             });
         };
-        let entry = entries.remove(index);
+        let entry = Arc::clone(&current[index]);
+        // Exact capacity, so the conversion to a boxed slice does not
+        // reallocate.
+        let mut entries = Vec::with_capacity(current.len() - 1);
+        entries.extend_from_slice(&current[..index]);
+        entries.extend_from_slice(&current[index + 1..]);
+        drop(guard);
         let retired = self.publish(entries);
 
         self.report_locked(&lock);
@@ -744,12 +761,14 @@ impl<A: 'static> HandlerRegistry<A> {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Copies the published array. Call with the update lock held.
-    fn snapshot(&self) -> Vec<Arc<Entry<A>>> {
+    /// Copies the published array into a vector with room for `extra` more
+    /// entries. Call with the update lock held.
+    fn snapshot(&self, extra: usize) -> Vec<Arc<Entry<A>>> {
         let guard = read_lock();
-        self.list
-            .read(&guard)
-            .map_or_else(Vec::new, |list| list.entries.to_vec())
+        let current: &[Arc<Entry<A>>] = self.list.read(&guard).map_or(&[], |list| &list.entries);
+        let mut entries = Vec::with_capacity(current.len() + extra);
+        entries.extend_from_slice(current);
+        entries
     }
 
     /// Publishes `entries` (or nothing, when empty) and returns the

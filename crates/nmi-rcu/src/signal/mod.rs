@@ -471,7 +471,7 @@ impl Drop for Registration {
         };
         match remove(self.signal, &name) {
             Ok((removed, restored)) => {
-                let _ = removed.defer();
+                removed.discard();
                 if let Err(error) = restored {
                     log::error!("dropping the registration of {name:?}: {error}");
                 }
