@@ -325,6 +325,8 @@ impl Report {
             "library",
             "p50 us",
             "p99 us",
+            "mean us",
+            "max us",
             "calls",
         ]);
         for row in &self.synchronize_latency {
@@ -333,6 +335,8 @@ impl Report {
                 row.library.to_owned(),
                 num(row.ns.p50 / 1e3),
                 num(row.ns.p99 / 1e3),
+                num(row.ns.mean / 1e3),
+                num(row.ns.max / 1e3),
                 row.ns.samples.to_string(),
             ]);
         }
