@@ -360,8 +360,9 @@ impl Worker {
         // Relaxed: see above.
         while self.shared.arrived.load(Ordering::Relaxed) < target {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins == 64 {
                 // Lets a pool thread that waits for this core get on it.
+                spins = 0;
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
