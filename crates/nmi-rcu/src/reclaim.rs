@@ -83,7 +83,8 @@ pub(crate) struct Header {
     /// # Safety
     ///
     /// 1. The pointer is the `Header` at the start of a live `Node<T>` created
-    ///    by `Node::allocate::<T>` with this very function.
+    ///    by `Node::boxed_value::<T>` or `Queue::call` together with this
+    ///    very function.
     /// 2. The node is not used again afterwards.
     consume: unsafe fn(NonNull<Header>),
 }
@@ -116,7 +117,7 @@ impl<T> Node<T> {
 /// As for [`Header::consume`].
 unsafe fn drop_node<T>(header: NonNull<Header>) {
     // SAFETY: by precondition 1 the header starts a `Node<T>` made by
-    // `Box::new`, and by precondition 2 nobody else owns it.
+    // `Box::new`, and by precondition 2 no other owner exists.
     drop(unsafe { Box::from_raw(header.as_ptr().cast::<Node<T>>()) });
 }
 
