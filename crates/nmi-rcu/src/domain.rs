@@ -278,6 +278,7 @@ impl Domain {
     /// drop(outer);
     /// ```
     #[inline]
+    #[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
     pub fn read_lock(&self) -> Guard<'_> {
         let inner = self.inner();
         // Relaxed: the id is assigned once, before the domain's first grace
@@ -640,6 +641,7 @@ impl DomainInner {
     ///
     /// Safe and wait-free: see [`FallbackCounters::enter`].
     #[inline(never)]
+    #[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
     fn fallback_read_lock(&self, id: usize) -> Guard<'_> {
         // Any address on this thread's stack spreads threads over stripes;
         // two threads that share a stripe only share a cache line.
@@ -990,7 +992,10 @@ impl Drop for Guard<'_> {
     ///
     /// Safe: a store on the registered path, an atomic increment on the
     /// fallback path. It never runs callbacks or frees memory.
-    #[inline(always)]
+    // RealtimeSanitizer ignores a mark on an always-inlined function, so
+    // under its cfg the drop is an ordinary inline function.
+    #[cfg_attr(not(nmi_rcu_rtsan), inline(always))]
+    #[cfg_attr(nmi_rcu_rtsan, inline, sanitize(realtime = "nonblocking"))]
     fn drop(&mut self) {
         if self.state & FALLBACK_TAG == 0 {
             // SAFETY: an untagged state is the address of a `&'static` slot

@@ -53,6 +53,8 @@
 //! [`guide::signal_safety`] page states exactly what may run in a signal
 //! handler, and [`guide::limitations`] what does not work.
 #![warn(missing_docs)]
+// RealtimeSanitizer marks on the read side (see `.ci/sanitizers.sh`).
+#![cfg_attr(nmi_rcu_rtsan, feature(sanitize))]
 
 #[cfg(not(loom))]
 mod cell;
@@ -141,6 +143,7 @@ pub mod guide {
 /// ```
 #[cfg(not(loom))]
 #[inline]
+#[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
 pub fn read_lock() -> Guard<'static> {
     domain::global_inner().read_lock_with_id(0)
 }

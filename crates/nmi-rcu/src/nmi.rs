@@ -33,6 +33,7 @@ thread_local! {
 /// assert!(!nmi_rcu::in_nmi());
 /// ```
 #[inline]
+#[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
 pub fn in_nmi() -> bool {
     NMI_DEPTH.with(Cell::get) != 0
 }
@@ -72,6 +73,7 @@ impl NmiContext {
     ///
     /// Safe: see the type.
     #[inline]
+    #[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
     pub fn enter() -> NmiContext {
         NMI_DEPTH.with(|depth| depth.set(depth.get().wrapping_add(1)));
         NmiContext {
@@ -82,6 +84,7 @@ impl NmiContext {
 
 impl Drop for NmiContext {
     #[inline]
+    #[cfg_attr(nmi_rcu_rtsan, sanitize(realtime = "nonblocking"))]
     fn drop(&mut self) {
         NMI_DEPTH.with(|depth| depth.set(depth.get().wrapping_sub(1)));
     }
