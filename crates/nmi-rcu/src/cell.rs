@@ -157,12 +157,12 @@ impl<T: Send + 'static> Retired<T> {
     /// # Async-signal safety
     ///
     /// Safe in NMI context (inside an [`NmiContext`](crate::NmiContext), as
-    /// every handler run by the signal layer is): a compare-and-swap loop
-    /// and at most one `futex(2)` wake. Outside NMI context, as from a raw
-    /// `sigaction` handler, it also applies back-pressure: it waits while
-    /// the domain's backlog is over its limit, and starts the reclaimer if
-    /// none is running, which allocates. Enter an `NmiContext` in raw
-    /// handlers that retire values.
+    /// every handler run by the signal layer is) and whenever the domain's
+    /// reclaimer is already running, as it is once a cell of the domain has
+    /// been created or replaced outside a signal handler: a
+    /// compare-and-swap loop and at most one `futex(2)` wake. From a raw
+    /// signal handler with no reclaimer running it would start one, which
+    /// allocates.
     ///
     /// # Examples
     ///
