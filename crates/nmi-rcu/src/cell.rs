@@ -157,12 +157,16 @@ impl<T: Send + 'static> Retired<T> {
     /// # Async-signal safety
     ///
     /// Safe in NMI context (inside an [`NmiContext`](crate::NmiContext), as
-    /// every handler run by the signal layer is) and whenever the domain's
-    /// reclaimer is already running, as it is once a cell of the domain has
-    /// been created or replaced outside a signal handler: a
-    /// compare-and-swap loop and at most one `futex(2)` wake. From a raw
-    /// signal handler with no reclaimer running it would start one, which
-    /// allocates.
+    /// every handler run by the signal layer is): a compare-and-swap loop
+    /// and at most one `futex(2)` wake. Outside NMI context, as from a raw
+    /// `sigaction` handler, it also starts the reclaimer if none is running,
+    /// which allocates; enter an `NmiContext` in raw handlers that retire
+    /// values.
+    ///
+    /// It never waits, so it applies no back-pressure: a loop that retires
+    /// values faster than grace periods end should call
+    /// [`synchronize`](crate::synchronize) now and then, or use
+    /// [`call_rcu`](crate::call_rcu), which does wait.
     ///
     /// # Examples
     ///

@@ -188,10 +188,10 @@ impl Queue {
     ///
     /// # Async-signal safety
     ///
-    /// Safe when the reclaimer is already running or the caller is in NMI
-    /// context: a compare-and-swap loop, counter updates and at most one
-    /// `futex(2)` wake. Otherwise it starts the reclaimer thread, which
-    /// allocates.
+    /// Safe in NMI context: a compare-and-swap loop, counter updates and at
+    /// most one `futex(2)` wake. Outside it, the push may also start the
+    /// reclaimer thread, which allocates. It never waits: back-pressure is
+    /// applied by `call`, not here.
     pub(crate) unsafe fn push(&self, domain: &Domain, node: NonNull<Header>) {
         // Relaxed: the count only feeds statistics and back-pressure.
         let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
@@ -413,14 +413,29 @@ impl Queue {
     }
 
     /// In the child after `fork()`, where the reclaimer thread does not
-    /// exist: let the next update-side call start a new one.
+    /// exist: lets the next update-side call start a new one, and recounts
+    /// the backlog from the nodes still queued.
     ///
     /// # Async-signal safety
     ///
-    /// Safe: atomic stores.
+    /// Safe: atomic loads and stores and a walk of the queued list.
     pub(crate) fn mark_reclaimer_gone(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
         self.reclaimer.store(NOT_STARTED, Ordering::Release);
+
+        // Nodes the parent's reclaimer had taken are lost to the child (see
+        // the module notes). Count only what is still queued, or
+        // back-pressure would wait for callbacks that can never run.
+        let mut queued_now = 0u64;
+        let mut cursor = self.head.load(Ordering::Relaxed);
+        while let Some(node) = NonNull::new(cursor) {
+            queued_now += 1;
+            // SAFETY: queued nodes stay live until a reclaimer takes them, and
+            // the child has no reclaimer yet.
+            cursor = unsafe { (*node.as_ptr()).next };
+        }
+        let run = self.run.load(Ordering::Relaxed);
+        self.queued.store(run + queued_now, Ordering::Relaxed);
     }
 }
 

@@ -205,7 +205,7 @@ pub fn run_thread_reader(
             1..=8 => MEDIUM_HOLD_CHECKS,
             _ => SHORT_HOLD_CHECKS,
         };
-        let nest = (random >> 8) % 8 == 0;
+        let nest = (random >> 8).is_multiple_of(8);
         if let Some(observation) = read_section(stats, checks, nest) {
             stats.record(observation);
             stats.thread_reads.fetch_add(1, Ordering::Relaxed);
