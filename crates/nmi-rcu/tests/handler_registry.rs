@@ -75,7 +75,7 @@ fn dispatch_sums_handled_and_runs_default_only_on_zero() {
     let registry = HandlerRegistry::new();
     registry
         .register("even", Order::Last, |n: &u32| {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Outcome::Handled
             } else {
                 Outcome::NotHandled
@@ -200,7 +200,7 @@ fn updates_under_concurrent_dispatch() {
         let alive = Arc::new(AtomicBool::new(true));
         let checked = Arc::clone(&alive);
         let name = format!("transient-{round}");
-        let order = if round % 2 == 0 {
+        let order = if round.is_multiple_of(2) {
             Order::First
         } else {
             Order::Last
@@ -214,7 +214,7 @@ fn updates_under_concurrent_dispatch() {
                 Outcome::NotHandled
             })
             .unwrap();
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             REGISTRY.unregister(&name).unwrap();
             alive.store(false, Ordering::SeqCst);
         } else {

@@ -43,8 +43,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 static IN_SECTION: [AtomicBool; TARGETS] = [const { AtomicBool::new(false) }; TARGETS];
 
 fn gettid() -> i32 {
+    // glibc's wrapper rather than `syscall(2)`, which RealtimeSanitizer
+    // flags as possibly blocking.
     // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    unsafe { libc::gettid() }
 }
 
 /// Reads the current payload and checks its marker.
