@@ -8,8 +8,10 @@
 //! sample come two figures: the time per iteration on each thread, and the
 //! aggregate rate, which is all the threads' iterations divided by the
 //! wall-clock time from the first thread's start to the last one's end.
-//! Each thread of a pool is pinned to its own CPU, wrapping around when
-//! there are more threads than CPUs. Several loops are measured in turns,
+//! In a pool of two or more threads, each thread is pinned to its own CPU,
+//! wrapping around when there are more threads than CPUs. A single thread
+//! stays unpinned, so the scheduler can move it off a CPU that other
+//! processes keep busy. Several loops are measured in turns,
 //! one sample each per round ([`measure_in_turns`]), so that their ratios
 //! come from the same conditions.
 
@@ -135,52 +137,66 @@ pub fn measure_threads(
     iterations: u64,
     plan: &SamplePlan,
 ) -> ThreadedMeasurement {
-    let mut measurements = measure_in_turns(&[(Arc::clone(spec), iterations)], threads, plan);
+    let mut measurements = measure_in_turns(&[(Arc::clone(spec), iterations)], &[threads], plan);
     measurements.remove(0)
 }
 
-/// Measures several loops on `threads` threads each, taking their samples
-/// in turns: one sample of every loop, then the next round. A change in
-/// the machine's speed during the run (another process, frequency
-/// scaling) then shifts every loop alike, which keeps their ratios honest.
+/// Measures several loops at several thread counts, taking their samples
+/// in turns: one sample of every loop at every thread count, then the next
+/// round. A change in the machine's speed during the run (another process,
+/// frequency scaling) then shifts every figure alike, which keeps their
+/// ratios honest, the scaling from 1 to 2 threads included.
 ///
-/// Each loop gets its own pool of threads, set up once with
-/// `enter_thread`. A pool's threads wait on a barrier while the other
-/// pools take their samples. `loops` pairs each spec with its iterations
-/// per sample. Returns one measurement per loop, in the same order.
+/// Each pair of loop and thread count gets its own pool of threads, set up
+/// once with `enter_thread`. A pool's threads wait on a barrier while the
+/// other pools take their samples. `loops` pairs each spec with its
+/// iterations per sample. Returns one measurement per pair, thread count
+/// by thread count, and within one thread count in the order of `loops`.
 ///
 /// # Panics
 ///
-/// Panics if `threads` is zero or a measuring thread panics.
+/// Panics if a thread count is zero or a measuring thread panics.
 pub fn measure_in_turns(
     loops: &[(Arc<LoopSpec>, u64)],
-    threads: usize,
+    thread_counts: &[usize],
     plan: &SamplePlan,
 ) -> Vec<ThreadedMeasurement> {
-    assert!(threads > 0, "measure_in_turns needs at least one thread");
-    let pools: Vec<Pool> = loops
+    assert!(
+        thread_counts.iter().all(|&threads| threads > 0),
+        "measure_in_turns needs at least one thread per pool"
+    );
+    let pools: Vec<(Pool, usize, u64)> = thread_counts
         .iter()
-        .map(|(spec, iterations)| Pool::start(spec, threads, *iterations))
+        .flat_map(|&threads| {
+            loops.iter().map(move |(spec, iterations)| {
+                (
+                    Pool::start(spec, threads, *iterations),
+                    threads,
+                    *iterations,
+                )
+            })
+        })
         .collect();
 
     // Step 1: the rounds. Each pool runs one sample per round, alone.
     let mut samples: Vec<Vec<Vec<Span>>> = vec![Vec::with_capacity(plan.samples); pools.len()];
     for round in 0..plan.warmup_samples + plan.samples {
-        for (pool, pool_samples) in pools.iter().zip(&mut samples) {
+        for ((pool, _, _), pool_samples) in pools.iter().zip(&mut samples) {
             let sample = pool.run_sample();
             if round >= plan.warmup_samples {
                 pool_samples.push(sample);
             }
         }
     }
-    drop(pools);
 
     // Step 2: per-iteration costs and aggregate rates.
-    loops
+    let measurements = pools
         .iter()
         .zip(&samples)
-        .map(|((_, iterations), samples)| summarize(threads, *iterations, samples))
-        .collect()
+        .map(|((_, threads, iterations), samples)| summarize(*threads, *iterations, samples))
+        .collect();
+    drop(pools);
+    measurements
 }
 
 /// When one thread's sample started and ended, in nanoseconds since its
@@ -323,7 +339,9 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        pin_to_cpu(self.index);
+        if self.shared.starts.len() > 1 {
+            pin_to_cpu(self.index);
+        }
         (self.spec.enter_thread)();
         let threads = self.shared.starts.len() as u64;
         let mut samples = 0u64;

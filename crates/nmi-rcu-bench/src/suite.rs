@@ -106,25 +106,23 @@ fn read_side(
         names.push(contender.name());
     }
 
-    // Step 2: every thread count, all contenders in turns.
-    let mut rows = Vec::new();
-    for &threads in &config.threads {
-        progress(&format!(
-            "read side: {threads} thread(s), {} contenders in turns",
-            loops.len()
-        ));
-        let measurements = measure_in_turns(&loops, threads, &config.read_plan);
-        rows.extend(
-            names
-                .iter()
-                .zip(measurements)
-                .map(|(name, measurement)| ReadSideRow {
-                    contender: name,
-                    measurement,
-                }),
-        );
-    }
-    rows
+    // Step 2: every contender at every thread count, in turns.
+    progress(&format!(
+        "read side: {} contenders at {:?} threads, in turns",
+        loops.len(),
+        config.threads
+    ));
+    let measurements = measure_in_turns(&loops, &config.threads, &config.read_plan);
+    config
+        .threads
+        .iter()
+        .flat_map(|_| names.iter())
+        .zip(measurements)
+        .map(|(name, measurement)| ReadSideRow {
+            contender: name,
+            measurement,
+        })
+        .collect()
 }
 
 /// Measures `synchronize` latency in the three settings and the aggregate
