@@ -45,7 +45,7 @@ pub struct ThreadedMeasurement {
     /// Nanoseconds per iteration on one thread, over all threads' samples.
     pub ns_per_iteration: Summary,
     /// Millions of iterations per second of all threads together (see
-    /// [`summarize`]), one value per sample.
+    /// `summarize`), one value per sample.
     pub aggregate_mops: Summary,
 }
 
