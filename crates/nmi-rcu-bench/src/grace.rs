@@ -1,5 +1,5 @@
 //! Update-side figures: `synchronize` latency with idle, busy and many
-//! readers; the aggregate rate of concurrent `synchronize` callers; and the
+//! readers, the aggregate rate of concurrent `synchronize` callers, and the
 //! caller's cost and the backlog of `call_rcu`.
 //!
 //! The same settings run against nmi-rcu and against liburcu-memb's

@@ -211,7 +211,7 @@ struct Span {
 ///
 /// The cost per iteration comes from each thread's own span. The aggregate
 /// rate divides all the threads' iterations by the wall-clock time from
-/// the first thread's start to the last thread's end: with more threads
+/// the first thread's start to the last thread's end. With more threads
 /// than cores, threads that take turns on a core must not count as running
 /// at once.
 fn summarize(threads: usize, iterations: u64, samples: &[Vec<Span>]) -> ThreadedMeasurement {
