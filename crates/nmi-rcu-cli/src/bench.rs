@@ -1,6 +1,8 @@
 //! `nmi-rcu bench`: the side-by-side benchmarks of the `nmi-rcu-bench`
 //! crate, with a text table, JSON and an SVG chart.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,8 +50,9 @@ fn parse_thread_count(text: &str) -> Result<usize, String> {
 }
 
 /// Runs `nmi-rcu bench`: measures, prints the table (or the JSON), and
-/// writes the chart. Missed targets are reported, not treated as failures;
-/// the exit status is non-zero only when the chart cannot be written.
+/// writes the chart. Missed targets are reported, not treated as failures.
+/// The exit status is non-zero only when the chart file cannot be created
+/// or written.
 pub fn run(args: &BenchArgs) -> ExitCode {
     let mut config = if args.quick {
         Config::quick()
@@ -59,6 +62,24 @@ pub fn run(args: &BenchArgs) -> ExitCode {
     if !args.threads.is_empty() {
         config.threads = args.threads.clone();
     }
+
+    // Create the chart file first, so a bad path fails before the run.
+    let mut plot = match args
+        .plot
+        .as_ref()
+        .map(|path| File::create(path).map(|file| (path, file)))
+    {
+        None => None,
+        Some(Ok(plot)) => Some(plot),
+        Some(Err(error)) => {
+            let path = args
+                .plot
+                .as_ref()
+                .map_or_else(String::new, |path| path.display().to_string());
+            eprintln!("failed to create the chart file {path}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let report = nmi_rcu_bench::run(&config, &mut |step| eprintln!("bench: {step}"));
 
@@ -70,8 +91,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
         print!("{text}");
     }
 
-    if let Some(path) = &args.plot {
-        if let Err(error) = std::fs::write(path, nmi_rcu_bench::svg::render(&report)) {
+    if let Some((path, file)) = &mut plot {
+        if let Err(error) = file.write_all(nmi_rcu_bench::svg::render(&report).as_bytes()) {
             eprintln!("failed to write the chart to {}: {error}", path.display());
             return ExitCode::FAILURE;
         }
