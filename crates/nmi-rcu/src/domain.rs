@@ -18,8 +18,8 @@
 //! snapshot, the smallest even value at least one whole grace period away
 //! (`(seq + 3) & !1`), and waits until `gp_seq` reaches it. Concurrent
 //! callers whose snapshots fall at or below the same value share one grace
-//! period: whoever holds the grace-period lock runs it, and the others find
-//! their target reached when they get the lock.
+//! period. One caller at a time drives grace periods and wakes the others
+//! after each one (see `DomainInner::wait_for_seq`).
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -460,7 +460,8 @@ impl Domain {
         self.inner().reclaim.set_backlog_limit(limit.max(1));
     }
 
-    /// The checks and set-up every blocking update-side call starts with.
+    /// Runs the misuse checks and set-up that every blocking update-side
+    /// call starts with.
     fn prepare_update(&self, call: &str) {
         let inner = self.inner();
         if nmi::in_nmi() {
@@ -787,8 +788,10 @@ impl DomainInner {
 
     /// Runs one grace period. The caller holds `gp_lock`.
     fn run_one_grace_period(&self) {
-        // Relaxed: the lock orders `gp_seq` updates among updaters; the
-        // snapshot's fence orders them against publications.
+        // SeqCst: pairs with the SeqCst fence and load in `snapshot`. A
+        // snapshot that reads the even value from before this increment is
+        // ordered before this grace period, which therefore covers its
+        // publication. `gp_lock` orders the updates among drivers.
         self.gp_seq.fetch_add(1, Ordering::SeqCst);
         let run = GracePeriodRun {
             domain: self,

@@ -97,7 +97,7 @@ pub(crate) const STRIPES: usize = 16;
 #[cfg(loom)]
 pub(crate) const STRIPES: usize = 2;
 
-/// How the read side and the updater order memory.
+/// The way the read side and the updater order memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Barriers {
     /// The updater issues `membarrier(2)`; registered readers need only
@@ -200,7 +200,7 @@ pub(crate) fn word_exit_interruptible(
     word.store(current - NEST_ONE, Ordering::Relaxed);
 }
 
-/// Where a reader word stands relative to a grace period.
+/// The state of a reader word as a grace period sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WordState {
     /// Not in a section.
