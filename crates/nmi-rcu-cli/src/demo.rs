@@ -337,7 +337,7 @@ fn run_worker(
     // Relaxed: the store precedes the unblock below in program order, and
     // only handlers running on this thread look for this thread's id.
     WORKER_THREAD_IDS[index].store(os::current_thread_id(), Ordering::Relaxed);
-    let unblocked = os::unblock_signal(libc::SIGPROF);
+    let unblocked = os::ensure_signal_stack().and_then(|()| os::unblock_signal(libc::SIGPROF));
     let failed = unblocked.is_err();
     // A send fails only when the main thread has stopped waiting, and then
     // nothing needs the message.

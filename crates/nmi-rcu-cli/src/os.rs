@@ -30,6 +30,28 @@ impl std::error::Error for OsError {
     }
 }
 
+/// Gives the calling thread an alternate signal stack of
+/// [`nmi_rcu::signal::RECOMMENDED_ALT_STACK_SIZE`]. The handlers here are
+/// installed with `SA_ONSTACK`, and the 8 KiB stack that Rust gives each
+/// thread overflows when two signals nest in a debug build.
+///
+/// # Errors
+///
+/// The failing call, or the library's error as the source of an
+/// `ensure_alt_stack` failure.
+pub fn ensure_signal_stack() -> Result<(), OsError> {
+    use nmi_rcu::signal::{ensure_alt_stack, AltStackError, RECOMMENDED_ALT_STACK_SIZE};
+
+    match ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE) {
+        Ok(_) => Ok(()),
+        Err(AltStackError::System { call, source }) => Err(OsError { call, source }),
+        Err(error) => Err(OsError {
+            call: "ensure_alt_stack",
+            source: io::Error::other(error),
+        }),
+    }
+}
+
 fn check(call: &'static str, result: libc::c_int) -> Result<(), OsError> {
     if result == 0 {
         Ok(())
@@ -131,6 +153,10 @@ impl Drop for SavedDispositions {
     }
 }
 
+/// Attempts [`ThreadCpuTimer::start`] makes at `timer_create` while it
+/// fails with EAGAIN, 10 ms apart.
+const TIMER_CREATE_ATTEMPTS: u32 = 100;
+
 /// A POSIX timer on the calling thread's CPU-time clock that sends a signal
 /// to that thread; dropping it deletes the timer.
 pub struct ThreadCpuTimer {
@@ -153,11 +179,27 @@ impl ThreadCpuTimer {
         event.sigev_notify_thread_id = current_thread_id();
 
         let mut id = MaybeUninit::<libc::timer_t>::uninit();
-        // SAFETY: both pointers are valid for the call. CLOCK_THREAD_CPUTIME_ID
-        // names the calling thread's CPU-time clock.
-        check("timer_create", unsafe {
-            libc::timer_create(libc::CLOCK_THREAD_CPUTIME_ID, &mut event, id.as_mut_ptr())
-        })?;
+        // `timer_create` fails with EAGAIN while the user's queued signals
+        // reach RLIMIT_SIGPENDING, for example during another process's
+        // real-time signal storm, so a few retries ride that out.
+        let mut attempts_left = TIMER_CREATE_ATTEMPTS;
+        loop {
+            // SAFETY: both pointers are valid for the call.
+            // CLOCK_THREAD_CPUTIME_ID names the calling thread's CPU-time
+            // clock.
+            let created = check("timer_create", unsafe {
+                libc::timer_create(libc::CLOCK_THREAD_CPUTIME_ID, &mut event, id.as_mut_ptr())
+            });
+            match created {
+                Err(error)
+                    if error.source.kind() == io::ErrorKind::WouldBlock && attempts_left > 1 =>
+                {
+                    attempts_left -= 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        }
         // SAFETY: `timer_create` returned 0, so it wrote the timer id.
         let id = unsafe { id.assume_init() };
         let timer = ThreadCpuTimer { id };

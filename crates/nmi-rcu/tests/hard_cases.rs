@@ -68,6 +68,12 @@ fn gettid() -> libc::pid_t {
     unsafe { libc::gettid() }
 }
 
+/// Largest number of sent but undelivered signals a storm keeps. Queued
+/// real-time signals count against the user's RLIMIT_SIGPENDING, which every
+/// process of the user shares; a storm that fills it makes signal sends and
+/// `timer_create` fail with EAGAIN in the tests that run beside it.
+const MAX_IN_FLIGHT: u64 = 1024;
+
 /// Sends `signal` to thread `tid` of this process; returns whether the
 /// kernel queued it (`false` on `EAGAIN`, a full real-time queue).
 fn send_to_thread(tid: libc::pid_t, signal: Signal) -> bool {
@@ -220,6 +226,11 @@ fn signal_during_own_unregister_runs_handler_or_previous() {
         let sent = sent.clone();
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                let delivered = HANDLED.load(Ordering::SeqCst) + CHAINED.load(Ordering::SeqCst);
+                if sent.load(Ordering::SeqCst) >= delivered + MAX_IN_FLIGHT {
+                    thread::yield_now();
+                    continue;
+                }
                 if send_to_thread(tid, signal) {
                     sent.fetch_add(1, Ordering::SeqCst);
                 } else {
@@ -424,6 +435,11 @@ fn fork_during_signal_storm_child_dispatches_signals() {
         let tid = reader_tid.load(Ordering::SeqCst);
         workers.push(thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                let delivered = FORK_STORM_HANDLED.load(Ordering::SeqCst);
+                if sent.load(Ordering::SeqCst) >= delivered + MAX_IN_FLIGHT {
+                    thread::yield_now();
+                    continue;
+                }
                 if send_to_thread(tid, inherited) {
                     sent.fetch_add(1, Ordering::SeqCst);
                 } else {

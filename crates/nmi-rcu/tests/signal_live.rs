@@ -272,6 +272,11 @@ fn tgkill_storm_against_updates() {
     const MIN_SIGNALS: u64 = 50_000;
     const MAX_SIGNALS: u64 = 300_000;
     const TIME_LIMIT: Duration = Duration::from_secs(10);
+    // Queued real-time signals count against the user's RLIMIT_SIGPENDING,
+    // which every process of the user shares. A storm that fills it makes
+    // sigqueue, tgkill and timer_create fail with EAGAIN in the tests that
+    // run beside it, so the sender keeps at most this many undelivered.
+    const MAX_IN_FLIGHT: u64 = 1024;
     static COUNTED: AtomicU64 = AtomicU64::new(0);
 
     let signal = realtime(8);
@@ -341,10 +346,15 @@ fn tgkill_storm_against_updates() {
             let tid = target_tid.load(Ordering::SeqCst);
             while !updates_done.load(Ordering::SeqCst) && sent.load(Ordering::Relaxed) < MAX_SIGNALS
             {
+                if sent.load(Ordering::SeqCst) >= COUNTED.load(Ordering::SeqCst) + MAX_IN_FLIGHT {
+                    std::thread::yield_now();
+                    continue;
+                }
                 if send_to_thread(tid, signal) == 0 {
                     sent.fetch_add(1, Ordering::SeqCst);
                 } else {
-                    // EAGAIN: the real-time queue is full; let it drain.
+                    // EAGAIN: the user's queue of pending signals is full,
+                    // for example because of another process; let it drain.
                     assert_eq!(
                         std::io::Error::last_os_error().raw_os_error(),
                         Some(libc::EAGAIN)

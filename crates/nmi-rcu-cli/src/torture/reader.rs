@@ -169,13 +169,16 @@ pub struct ReaderConfig {
 ///
 /// # Errors
 ///
-/// The failing call when the CPU-time timer cannot be created.
+/// The failing call when the alternate signal stack or the CPU-time timer
+/// cannot be set up.
 pub fn run_thread_reader(
     stats: &'static ReaderStats,
     config: ReaderConfig,
     stop: &AtomicBool,
 ) -> Result<(), os::OsError> {
     THIS_READER.set(Some(stats));
+    // Timer and storm signals nest on this thread's alternate stack.
+    os::ensure_signal_stack()?;
     if config.register {
         nmi_rcu::register_thread();
         stats.registered.store(true, Ordering::Relaxed);

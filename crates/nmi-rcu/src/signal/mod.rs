@@ -35,6 +35,13 @@
 //! (`synchronize`, [`register`], [`Registration::unregister`]) panic when
 //! made from a handler, and that panic aborts the process with a message.
 //!
+//! # Stack
+//!
+//! The trampoline runs on the thread's alternate signal stack when it has
+//! one. Rust gives each thread an 8 KiB one, which two or three nested
+//! signals overflow: call [`ensure_alt_stack`] at the start of each thread
+//! that takes signals from several sources.
+//!
 //! # Watchdog
 //!
 //! Each signal's registry times its handlers. A background thread named
@@ -82,6 +89,7 @@
 //! ```
 
 mod action;
+mod altstack;
 mod context;
 mod panic_hook;
 mod sys;
@@ -93,6 +101,9 @@ use core::time::Duration;
 use std::io;
 
 pub use action::DefaultAction;
+pub use altstack::{
+    ensure_alt_stack, AltStack, AltStackError, MAX_ALT_STACK_SIZE, RECOMMENDED_ALT_STACK_SIZE,
+};
 pub use context::SignalContext;
 
 #[cfg(doc)]

@@ -9,6 +9,7 @@
 //! [`fatal`], the single failure path of the signal layer.
 
 use core::ffi::{c_int, c_void};
+use core::fmt;
 use core::mem::MaybeUninit;
 use core::ptr;
 use std::io;
@@ -263,4 +264,145 @@ pub(crate) fn fatal(signo: c_int, message: &[u8]) -> ! {
     write_stderr(b"; aborting\n");
     // SAFETY: `abort` has no preconditions.
     unsafe { libc::abort() }
+}
+
+/// The `getauxval` key for the kernel's minimum signal stack size
+/// (`AT_MINSIGSTKSZ` in Linux's `uapi/linux/auxvec.h`), which the `libc`
+/// crate does not export.
+const AT_MINSIGSTKSZ: libc::c_ulong = 51;
+
+/// Returns the smallest alternate signal stack the kernel accepts on this
+/// machine: `AT_MINSIGSTKSZ` where the kernel reports it (it grows with the
+/// CPU's vector state), else `MINSIGSTKSZ`.
+pub(crate) fn min_signal_stack_size() -> usize {
+    // SAFETY: `getauxval` has no preconditions; it returns 0 for a key the
+    // kernel did not provide.
+    let reported = unsafe { libc::getauxval(AT_MINSIGSTKSZ) } as usize;
+    reported.max(libc::MINSIGSTKSZ)
+}
+
+/// Returns the size of a memory page.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: `sysconf` has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    // Linux always reports the page size; 4 KiB is its smallest value.
+    usize::try_from(size).unwrap_or(4096)
+}
+
+/// Returns the calling thread's alternate signal stack settings.
+pub(crate) fn query_alt_stack() -> io::Result<libc::stack_t> {
+    let mut current = MaybeUninit::<libc::stack_t>::zeroed();
+    // SAFETY: a null new stack only queries, and `current` is writable
+    // storage for one `stack_t`.
+    let rc = unsafe { libc::sigaltstack(ptr::null(), current.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `sigaltstack` returned 0, so it filled `current`.
+    Ok(unsafe { current.assume_init() })
+}
+
+/// Installs `stack` as the calling thread's alternate signal stack (or
+/// disables it, for `SS_DISABLE`).
+pub(crate) fn set_alt_stack(stack: &libc::stack_t) -> io::Result<()> {
+    // SAFETY: `stack` is a valid `stack_t`. When it enables a stack, the
+    // caller keeps that memory mapped for as long as it stays installed.
+    let rc = unsafe { libc::sigaltstack(stack, ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A private anonymous mapping holding a stack, whose lowest page is an
+/// inaccessible guard page. Unmapping is explicit ([`StackMapping::unmap`]),
+/// because the owner must first make sure the kernel no longer uses it.
+pub(crate) struct StackMapping {
+    /// Start of the mapping (the guard page), or null for no mapping.
+    base: *mut c_void,
+    /// Length of the whole mapping in bytes, guard page included.
+    len: usize,
+    /// Size of the guard page in bytes.
+    guard: usize,
+}
+
+impl StackMapping {
+    /// No mapping.
+    pub(crate) const EMPTY: StackMapping = StackMapping {
+        base: ptr::null_mut(),
+        len: 0,
+        guard: 0,
+    };
+
+    /// Returns whether this is [`StackMapping::EMPTY`].
+    pub(crate) fn is_empty(&self) -> bool {
+        self.base.is_null()
+    }
+
+    /// Returns the lowest usable address, just above the guard page.
+    pub(crate) fn stack_start(&self) -> *mut c_void {
+        self.base.wrapping_byte_add(self.guard)
+    }
+
+    /// Unmaps the memory. The caller has made sure that no signal stack
+    /// points into it any more.
+    pub(crate) fn unmap(self) {
+        if self.is_empty() {
+            return;
+        }
+        // SAFETY: `base` and `len` describe a mapping created by
+        // `map_guarded_stack` that nothing else unmaps, because each
+        // `StackMapping` is unmapped at most once (`unmap` takes `self`).
+        let rc = unsafe { libc::munmap(self.base, self.len) };
+        if rc != 0 {
+            log::warn!(
+                "munmap of an alternate signal stack failed: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+impl fmt::Display for StackMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes at {:p}", self.len, self.base)
+    }
+}
+
+/// Maps `size` bytes of read-write stack with one inaccessible `guard`
+/// page below it, so that an overflow faults instead of writing into
+/// whatever lies below.
+///
+/// # Errors
+///
+/// The failing call (`mmap` or `mprotect`) and its error.
+pub(crate) fn map_guarded_stack(
+    size: usize,
+    guard: usize,
+) -> Result<StackMapping, (&'static str, io::Error)> {
+    let len = size + guard;
+    // SAFETY: an anonymous private mapping at an address the kernel picks
+    // has no preconditions.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(("mmap", io::Error::last_os_error()));
+    }
+    let mapping = StackMapping { base, len, guard };
+    // SAFETY: the first `guard` bytes lie inside the mapping just created.
+    let rc = unsafe { libc::mprotect(base, guard, libc::PROT_NONE) };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        mapping.unmap();
+        return Err(("mprotect", error));
+    }
+    Ok(mapping)
 }
