@@ -235,7 +235,8 @@ fn declined_sigchld_and_sigwinch_are_ignored() {
     );
 }
 
-/// Waits up to five seconds for `condition`, then panics.
+/// Waits up to five seconds for `condition`, then panics with the
+/// process's signal state.
 fn wait_until(condition: impl Fn() -> bool) {
     for _ in 0..5000 {
         if condition() {
@@ -243,21 +244,52 @@ fn wait_until(condition: impl Fn() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    panic!("condition not reached within five seconds");
+    panic!(
+        "condition not reached within five seconds\n{}",
+        signal_state()
+    );
+}
+
+/// Returns the pending and blocked signal sets of every thread of this
+/// process, from `/proc`, to explain a signal that never arrived.
+fn signal_state() -> String {
+    let mut state = String::new();
+    let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let fields: Vec<&str> = status
+            .lines()
+            .filter(|line| {
+                ["Name:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigCgt:"]
+                    .iter()
+                    .any(|field| line.starts_with(field))
+            })
+            .collect();
+        state.push_str(&format!(
+            "thread {:?}: {}\n",
+            task.file_name(),
+            fields.join(" ")
+        ));
+    }
+    state
 }
 
 type SigInfoHandler = extern "C" fn(c_int, *mut libc::siginfo_t, *mut libc::c_void);
 type PlainHandler = extern "C" fn(c_int);
 
 static SIGINFO_VALUE: AtomicUsize = AtomicUsize::new(0);
+static SIGINFO_CODE: AtomicI32 = AtomicI32::new(0);
+static SIGINFO_CALLS: AtomicUsize = AtomicUsize::new(0);
 static PLAIN_CALLS: AtomicUsize = AtomicUsize::new(0);
 static PLAIN_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn previous_siginfo_handler(_: c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel (through the trampoline) passes a valid siginfo,
     // and the signal was sent with `sigqueue`, so `si_value` is set.
-    let value = unsafe { (*info).si_value().sival_ptr } as usize;
+    let (value, code) = unsafe { ((*info).si_value().sival_ptr as usize, (*info).si_code) };
     SIGINFO_VALUE.store(value, Ordering::SeqCst);
+    SIGINFO_CODE.store(code, Ordering::SeqCst);
+    SIGINFO_CALLS.fetch_add(1, Ordering::SeqCst);
 }
 
 extern "C" fn previous_plain_handler(signo: c_int) {
@@ -281,8 +313,18 @@ fn previous_siginfo_handler_gets_sigqueue_value() {
         // SAFETY: `sigqueue` to our own process with a valid value.
         let rc = unsafe { libc::sigqueue(libc::getpid(), libc::SIGUSR1, value) };
         assert_eq!(rc, 0);
-        wait_until(|| SIGINFO_VALUE.load(Ordering::SeqCst) != 0);
-        assert_eq!(SIGINFO_VALUE.load(Ordering::SeqCst), 0x5eed);
+        wait_until(|| SIGINFO_CALLS.load(Ordering::SeqCst) != 0);
+        // The kernel delivers a signal without its siginfo (si_code SI_USER,
+        // value 0) when the user's queue of pending signals is full
+        // (RLIMIT_SIGPENDING), which a real-time storm in another process
+        // of the same user can cause.
+        assert_eq!(
+            SIGINFO_VALUE.load(Ordering::SeqCst),
+            0x5eed,
+            "si_code {}; SI_USER (0) means the kernel dropped the siginfo",
+            SIGINFO_CODE.load(Ordering::SeqCst)
+        );
+        assert_eq!(SIGINFO_CALLS.load(Ordering::SeqCst), 1);
         assert_eq!(signal::stats(signal(libc::SIGUSR1)).chained, 1);
     });
 
