@@ -198,16 +198,25 @@ fn install_raw(
 }
 
 /// Sends `signo` to the calling thread; the handler runs before this
-/// returns, because the signal is not blocked.
+/// returns, because the signal is not blocked. Retries while the kernel
+/// rejects a real-time signal with `EAGAIN`, which happens while the user's
+/// queued signals fill RLIMIT_SIGPENDING (`ulimit -i`), for example during
+/// a signal storm in another process of the same user.
 fn send_to_self(pid: libc::pid_t, tid: libc::pid_t, signo: libc::c_int) {
-    // SAFETY: tgkill takes plain integers; the target is this thread.
-    let result = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signo) };
-    assert_eq!(
-        result,
-        0,
-        "tgkill({signo}) failed: {}",
-        std::io::Error::last_os_error()
-    );
+    loop {
+        // SAFETY: tgkill takes plain integers; the target is this thread.
+        let result = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, signo) };
+        if result == 0 {
+            return;
+        }
+        let error = std::io::Error::last_os_error();
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EAGAIN),
+            "tgkill({signo}) failed: {error}"
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// A signal-layer handler that counts and claims the signal.

@@ -205,7 +205,17 @@ pub fn run(args: &TortureArgs) -> ExitCode {
         }
         Err(error) => {
             eprintln!("nmi-rcu torture: error: {error}");
-            println!("End of test: FAILURE");
+            // `--json` promises one JSON object on stdout, also when the run
+            // could not be completed.
+            if args.json {
+                let report = serde_json::json!({
+                    "verdict": "FAILURE",
+                    "error": error.to_string(),
+                });
+                println!("{report}");
+            } else {
+                println!("End of test: FAILURE");
+            }
             ExitCode::FAILURE
         }
     }

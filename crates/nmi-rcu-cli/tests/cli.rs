@@ -1,6 +1,7 @@
 //! End-to-end tests of the `nmi-rcu` binary: each test runs it as a child
 //! process on real signals and judges its exit status and output.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,8 @@ fn json_of(output: &Output) -> Value {
     let text = stdout(output);
     serde_json::from_str(text.trim()).unwrap_or_else(|error| {
         panic!(
-            "stdout is not one JSON object ({error}):\n{text}\nstderr:\n{}",
+            "stdout is not one JSON object ({error}), status {:?}:\n{text}\nstderr:\n{}",
+            output.status,
             stderr(output)
         )
     })
@@ -110,9 +112,46 @@ fn torture_text_ends_with_verdict() {
     let output = nmi_rcu(&["torture", "--duration", "1", "--update-mode", "sync"]);
     let text = stdout(&output);
 
-    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "status {:?}, stdout:\n{text}\nstderr:\n{}",
+        output.status,
+        stderr(&output)
+    );
     assert!(text.contains("Pipe ages:"), "{text}");
     assert_eq!(text.lines().last(), Some("End of test: SUCCESS"), "{text}");
+}
+
+/// With RLIMIT_SIGPENDING at 0 the kernel cannot queue a timer's signal,
+/// so `timer_create` fails with EAGAIN and the run cannot start. `--json`
+/// must still print one JSON object, with the error.
+#[test]
+fn torture_json_reports_setup_error() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nmi-rcu"));
+    command.args(["torture", "--duration", "1", "--json"]);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls `setrlimit`, a system call that is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::setrlimit(libc::RLIMIT_SIGPENDING, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("start nmi-rcu");
+    let report = json_of(&output);
+
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert_eq!(report["verdict"], "FAILURE", "{report}");
+    let error = report["error"].as_str().expect("an error message");
+    assert!(error.contains("timer_create"), "{error}");
+    assert!(stderr(&output).contains("nmi-rcu torture: error:"));
 }
 
 #[test]

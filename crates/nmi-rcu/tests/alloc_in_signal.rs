@@ -170,6 +170,33 @@ fn send_to_thread(tid: libc::pid_t, signal: c_int) {
     }
 }
 
+/// Raises `signo` on the calling thread, retrying for up to ten seconds
+/// while the kernel rejects it with `EAGAIN`. A real-time signal is
+/// rejected while the user's queued signals fill RLIMIT_SIGPENDING
+/// (`ulimit -i`), which a signal storm in any process of the same user can
+/// cause.
+fn raise_signal(signo: c_int) {
+    let start = Instant::now();
+    loop {
+        // SAFETY: every caller has a handler or SIG_IGN installed for
+        // `signo`, or expects the process to abort.
+        if unsafe { libc::raise(signo) } == 0 {
+            return;
+        }
+        let error = std::io::Error::last_os_error();
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EAGAIN),
+            "raise({signo}) failed: {error}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "raise({signo}) still failed with EAGAIN after 10 s; is another process of this user flooding signals?"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Waits up to ten seconds for `condition`, then panics naming `what`.
 fn wait_until(what: &str, condition: impl Fn() -> bool) {
     let start = Instant::now();
@@ -373,12 +400,8 @@ fn declined_signal_chains_without_allocating() {
 
     let before = [signal::stats(chained), signal::stats(ignored)];
     for _ in 0..SIGNALS {
-        // SAFETY: both signals have handlers or SIG_IGN, so raising them
-        // is harmless.
-        unsafe {
-            libc::raise(chained.number());
-            libc::raise(ignored.number());
-        }
+        raise_signal(chained.number());
+        raise_signal(ignored.number());
     }
     let after = [signal::stats(chained), signal::stats(ignored)];
 
@@ -487,9 +510,7 @@ fn allocating_registered_handler_aborts() {
             Outcome::Handled
         })
         .expect("register the handler");
-        // SAFETY: the signal has a handler, so raising it is harmless apart
-        // from the abort this test expects.
-        unsafe { libc::raise(signal.number()) };
+        raise_signal(signal.number());
     });
 }
 
@@ -505,8 +526,7 @@ fn allocating_raw_handler_aborts() {
         ensure_signal_stack();
         let signal = realtime(7);
         install_raw(signal.number(), allocating_raw_handler);
-        // SAFETY: as in `allocating_registered_handler_aborts`.
-        unsafe { libc::raise(signal.number()) };
+        raise_signal(signal.number());
     });
 }
 

@@ -70,7 +70,7 @@ fn gettid() -> libc::pid_t {
 
 /// Largest number of sent but undelivered signals a storm keeps. Queued
 /// real-time signals count against the user's RLIMIT_SIGPENDING, which every
-/// process of the user shares; a storm that fills it makes signal sends and
+/// process of the user shares. A storm that fills it makes signal sends and
 /// `timer_create` fail with EAGAIN in the tests that run beside it.
 const MAX_IN_FLIGHT: u64 = 1024;
 
@@ -307,6 +307,26 @@ fn signal_during_own_unregister_runs_handler_or_previous() {
 }
 
 static FORK_STORM_HANDLED: AtomicU64 = AtomicU64::new(0);
+
+/// Raises `signal`, which has a handler, in the calling thread. Retries for
+/// up to 10 s while the kernel rejects it with EAGAIN, because the user's
+/// queue of pending signals (RLIMIT_SIGPENDING) is shared with every other
+/// process of the user. Returns whether the signal was raised.
+fn raise_until_queued(signal: Signal) -> bool {
+    let start = Instant::now();
+    loop {
+        // SAFETY: `raise` has no memory-safety preconditions, and every
+        // caller has a handler registered for `signal`.
+        if unsafe { libc::raise(signal.number()) } == 0 {
+            return true;
+        }
+        let error = std::io::Error::last_os_error().raw_os_error();
+        if error != Some(libc::EAGAIN) || start.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
 static FORK_SLOT: HandlerSlot<u32> = HandlerSlot::new();
 
 /// Runs in the child after `fork()`: dispatches the inherited signal
@@ -315,9 +335,9 @@ static FORK_SLOT: HandlerSlot<u32> = HandlerSlot::new();
 /// 0 for success, or the number of the first step that failed.
 fn fork_child_checks(inherited: Signal, fresh: Signal) -> i32 {
     let before = FORK_STORM_HANDLED.load(Ordering::SeqCst);
-    // SAFETY: `raise` has no memory-safety preconditions, and `inherited`
-    // has a handler registered.
-    unsafe { libc::raise(inherited.number()) };
+    if !raise_until_queued(inherited) {
+        return 1;
+    }
     if FORK_STORM_HANDLED.load(Ordering::SeqCst) != before + 1 {
         return 1;
     }
@@ -329,8 +349,9 @@ fn fork_child_checks(inherited: Signal, fresh: Signal) -> i32 {
     }) else {
         return 2;
     };
-    // SAFETY: as above, for `fresh`.
-    unsafe { libc::raise(fresh.number()) };
+    if !raise_until_queued(fresh) {
+        return 3;
+    }
     if FRESH_HANDLED.load(Ordering::SeqCst) != 1 {
         return 3;
     }
