@@ -891,11 +891,11 @@ impl GracePeriod for GracePeriodRun<'_> {
         // Spin first: most sections are shorter than a system call. Then
         // sleep, with a growing interval capped at 160 us so that a grace
         // period behind busy readers still ends soon after their sections.
-        // No `sched_yield`: under the EEVDF scheduler (Linux 6.6 and later)
-        // a yield pushes the caller's deadline back by a whole slice, so
-        // with busy readers on every core the updater lost its CPU for a
-        // scheduler tick (p99 4 ms). A sleeper keeps its claim and gets the
-        // CPU back when its timer fires (p99 95 us in `nmi-rcu bench`).
+        // No `sched_yield`: on Linux 6.18 (EEVDF scheduler), with a busy
+        // reader on every core, a yielding updater stayed off the CPU for
+        // about a scheduler tick, and `synchronize` had a p99 of 4 ms. A
+        // sleeping one gets the CPU back when its timer fires: p99 95-107 us
+        // in the same benchmark on a 2-core VM.
         match waited {
             0..=127 => core::hint::spin_loop(),
             _ => {
