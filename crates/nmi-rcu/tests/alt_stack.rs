@@ -384,3 +384,174 @@ fn mapped_bytes() -> usize {
         .expect("VmSize in /proc/self/status");
     kib * 1024
 }
+
+/// Returns whether every page of `stack` is mapped, using `mincore`,
+/// which fails with ENOMEM for an unmapped page.
+fn is_mapped(stack: &libc::stack_t) -> bool {
+    let pages = stack.ss_size.div_ceil(4096);
+    let mut residency = vec![0u8; pages];
+    // SAFETY: `residency` has one byte per page of the range, and the
+    // stack start is page-aligned (it comes from `mmap`).
+    let rc = unsafe { libc::mincore(stack.ss_sp, stack.ss_size, residency.as_mut_ptr()) };
+    rc == 0
+}
+
+/// Raises `signo` in the calling thread; it must have a handler.
+fn raise(signo: c_int) {
+    // SAFETY: every caller installed a handler for `signo` first.
+    assert_eq!(unsafe { libc::raise(signo) }, 0);
+}
+
+/// Runs the registered signal `signal`, whose handler runs on the
+/// thread's alternate stack, and returns whether it ran there.
+fn handled_on_alt_stack(signal: Signal) -> bool {
+    static ON_ALT_STACK: AtomicUsize = AtomicUsize::new(0);
+    let registration = signal::register(signal, "probe", |_| {
+        if on_alt_stack() {
+            ON_ALT_STACK.fetch_add(1, Ordering::Relaxed);
+        }
+        Outcome::Handled
+    })
+    .expect("register the probe");
+    let before = ON_ALT_STACK.load(Ordering::Relaxed);
+    raise(signal.number());
+    registration.unregister().expect("unregister the probe");
+    ON_ALT_STACK.load(Ordering::Relaxed) == before + 1
+}
+
+/// A handler that another library installed without `SA_ONSTACK` grows the
+/// stack while it runs. When it returns, the kernel reinstalls the stack
+/// that was current when the signal arrived (`uc_stack`), so that stack must
+/// still be mapped when the next signal uses it.
+#[test]
+fn stack_replaced_inside_foreign_handler_stays_mapped() {
+    const NAME: &str = "stack_replaced_inside_foreign_handler_stays_mapped";
+    static GROWN: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn grow_stack(_: c_int) {
+        // Outside any NmiContext, so the call is not rejected; this is the
+        // misuse the rustdoc warns about, and it must not crash later.
+        if let Ok(AltStack::Installed { size }) = ensure_alt_stack(4 * RECOMMENDED_ALT_STACK_SIZE) {
+            GROWN.store(size, Ordering::Relaxed);
+        }
+    }
+
+    child_case(NAME, || {
+        disable_core_dumps();
+        std::thread::spawn(|| {
+            let first = ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE).expect("first stack");
+            let signo = libc::SIGRTMIN() + DEPTH as c_int + 2;
+            // SAFETY: a zeroed `sigaction` is valid; the handler has the
+            // plain signature that the flags (no SA_SIGINFO) announce.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = grow_stack as extern "C" fn(c_int) as usize;
+                libc::sigemptyset(&mut action.sa_mask);
+                assert_eq!(libc::sigaction(signo, &action, std::ptr::null_mut()), 0);
+            }
+            raise(signo);
+            assert!(
+                GROWN.load(Ordering::Relaxed) > first.size(),
+                "the handler grew the stack"
+            );
+            assert_eq!(
+                current_alt_stack().ss_size,
+                first.size(),
+                "the kernel reinstalled the first stack on return"
+            );
+            assert!(
+                is_mapped(&current_alt_stack()),
+                "the reinstalled stack is still mapped"
+            );
+
+            let probe = Signal::new(libc::SIGRTMIN() + DEPTH as c_int + 3).expect("a free signal");
+            assert!(handled_on_alt_stack(probe));
+            println!("survived");
+        })
+        .join()
+        .expect("thread");
+    });
+
+    let output = run_child(NAME);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "status {:?}, stdout {}, stderr {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(text(&output.stdout).contains("survived"));
+}
+
+/// Code that saved the stack with `sigaltstack` and restores it after the
+/// stack was grown puts an older stack of ours back; it must still be mapped.
+#[test]
+fn saved_and_restored_stack_stays_mapped() {
+    const NAME: &str = "saved_and_restored_stack_stays_mapped";
+    child_case(NAME, || {
+        disable_core_dumps();
+        std::thread::spawn(|| {
+            ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE).expect("first stack");
+            let saved = current_alt_stack();
+            ensure_alt_stack(4 * RECOMMENDED_ALT_STACK_SIZE).expect("grown stack");
+            assert!(is_mapped(&saved), "the replaced stack is still mapped");
+            // SAFETY: `saved` is a stack this thread installed earlier, and
+            // it is still mapped (checked above).
+            let restored = unsafe { libc::sigaltstack(&saved, std::ptr::null_mut()) };
+            assert_eq!(restored, 0);
+
+            let probe = Signal::new(libc::SIGRTMIN() + DEPTH as c_int + 4).expect("a free signal");
+            assert!(handled_on_alt_stack(probe));
+            println!("survived");
+        })
+        .join()
+        .expect("thread");
+    });
+
+    let output = run_child(NAME);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "status {:?}, stdout {}, stderr {}",
+        output.status,
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert!(text(&output.stdout).contains("survived"));
+}
+
+/// A thread-local destructor that runs after the stack list's own (they run
+/// in reverse order of first use) must get an error, not a stack that is
+/// never freed.
+#[test]
+fn call_after_stack_list_destroyed_is_rejected() {
+    const NOT_RUN: usize = 0;
+    const THREAD_EXITING: usize = 1;
+    const OTHER: usize = 2;
+    static RESULT: AtomicUsize = AtomicUsize::new(NOT_RUN);
+
+    struct LateCaller;
+    impl Drop for LateCaller {
+        fn drop(&mut self) {
+            let outcome = match ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE) {
+                Err(AltStackError::ThreadExiting) => THREAD_EXITING,
+                _ => OTHER,
+            };
+            RESULT.store(outcome, Ordering::SeqCst);
+        }
+    }
+    thread_local! {
+        static LATE: LateCaller = const { LateCaller };
+    }
+
+    std::thread::spawn(|| {
+        // First use of LATE, then of the stack list, so the list's
+        // destructor runs first at exit.
+        LATE.with(|_| ());
+        ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE).expect("install a stack");
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(RESULT.load(Ordering::SeqCst), THREAD_EXITING);
+}

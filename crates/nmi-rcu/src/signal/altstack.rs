@@ -6,9 +6,12 @@
 //! stack-overflow report, sized `max(SIGSTKSZ, AT_MINSIGSTKSZ)`: 8 KiB on
 //! x86-64 glibc. Each delivery pushes a kernel signal frame (siginfo,
 //! `ucontext` and the saved FPU/vector state) onto it before the handler's
-//! own frames. The frame alone measured 2.9 KiB on an AVX-512 machine.
-//! Because a signal may interrupt the handler of another signal, two or
-//! three nested deliveries overflow 8 KiB. The kernel then kills the process
+//! own frames. On a 2-core AVX-512 VM (Linux 6.18) the frame measured
+//! 2.9 KiB in a core dump, and the kernel reported an `AT_MINSIGSTKSZ` of
+//! 3,376 bytes. One nested delivery of a handler that enters a read-side
+//! section cost 4.3 KiB there in a debug build. Because a signal may
+//! interrupt the handler of another signal, two or three nested deliveries
+//! overflow 8 KiB. The kernel then kills the process
 //! with `SIGSEGV`, with no message.
 //!
 //! [`ensure_alt_stack`] replaces a missing or small alternate stack on the
@@ -17,13 +20,17 @@
 //!
 //! # Thread exit
 //!
-//! The stack is owned by a thread-local value whose destructor disables it,
-//! if it is still the installed one, and then unmaps it. The standard
-//! library disables the alternate stack of the threads it starts when their
-//! main function returns, before thread-local destructors run. Signals
-//! delivered after that run on the thread's ordinary stack.
+//! The stacks are owned by a thread-local list whose destructor disables the
+//! installed stack if it is one of them, and then unmaps them all. A stack
+//! that a larger one replaced stays mapped until then, because the kernel
+//! may install it again: a signal handler that was running when it was
+//! replaced gets it back on return, and so does code that saved it with
+//! `sigaltstack` and restores it. The standard library disables the
+//! alternate stack of the threads it starts when their main function
+//! returns, before thread-local destructors run. Signals delivered after
+//! that run on the thread's ordinary stack.
 
-use core::cell::Cell;
+use core::cell::RefCell;
 use core::fmt;
 use std::io;
 
@@ -49,7 +56,8 @@ pub enum AltStack {
         /// Size of the existing stack in bytes.
         size: usize,
     },
-    /// A new stack is installed; the thread frees it when it exits.
+    /// A new stack is installed. The thread frees it when it exits, together
+    /// with the stacks that earlier calls installed and this one replaced.
     Installed {
         /// Size of the new stack in bytes: the request rounded up to whole
         /// pages. The guard page is not counted.
@@ -96,10 +104,13 @@ pub enum AltStackError {
         /// The rejected size in bytes.
         requested: usize,
     },
-    /// Called from a signal handler or another [`NmiContext`](crate::NmiContext),
-    /// where mapping memory and registering a thread-local destructor are
-    /// not allowed.
+    /// Called inside this library's signal handlers or another
+    /// [`NmiContext`](crate::NmiContext), where mapping memory and
+    /// registering a thread-local destructor are not allowed.
     InSignalHandler,
+    /// Called from a thread-local destructor after the list that frees this
+    /// thread's stacks was destroyed, so a new stack would never be freed.
+    ThreadExiting,
     /// The thread is running on its alternate stack right now, and the
     /// kernel does not allow replacing it there.
     OnAltStack,
@@ -117,18 +128,23 @@ impl fmt::Display for AltStackError {
         match self {
             AltStackError::TooSmall { requested, minimum } => write!(
                 f,
-                "alternate signal stack size {requested} bytes is below the minimum of \
-                 {minimum} bytes; request at least RECOMMENDED_ALT_STACK_SIZE ({} bytes)",
-                RECOMMENDED_ALT_STACK_SIZE
+                "alternate signal stack size of {requested} bytes is below this machine's \
+                 minimum of {minimum} bytes; request at least that, or \
+                 RECOMMENDED_ALT_STACK_SIZE ({RECOMMENDED_ALT_STACK_SIZE} bytes) to leave \
+                 room for nested signals"
             ),
             AltStackError::TooLarge { requested } => write!(
                 f,
-                "alternate signal stack size {requested} bytes is above the maximum of \
+                "alternate signal stack size of {requested} bytes is above the maximum of \
                  {MAX_ALT_STACK_SIZE} bytes; give the size in bytes, not KiB"
             ),
             AltStackError::InSignalHandler => f.write_str(
-                "ensure_alt_stack was called from a signal handler; \
+                "ensure_alt_stack was called inside a signal handler or an NmiContext; \
                  call it when the thread starts instead",
+            ),
+            AltStackError::ThreadExiting => f.write_str(
+                "ensure_alt_stack was called while the thread was exiting, after its \
+                 stack list was destroyed; call it when the thread starts instead",
             ),
             AltStackError::OnAltStack => f.write_str(
                 "the thread is running on its alternate signal stack, which cannot be \
@@ -160,16 +176,20 @@ impl std::error::Error for AltStackError {
 /// An enabled stack that is already large enough is kept. Otherwise the
 /// function maps a new one (rounded up to whole pages, with an inaccessible
 /// guard page below it), installs it with `sigaltstack` and frees it when
-/// the thread exits. The one it replaces is left to its owner. Call it once
-/// at the start of each thread that takes signals. Calling it again is
-/// cheap and only grows the stack.
+/// the thread exits. A replaced stack that an earlier call installed stays
+/// mapped until then too. One that came from elsewhere, such as the
+/// standard library's, is left to its owner. Call it once at the start of
+/// each thread that takes signals, the main thread included. Calling it
+/// again is cheap and only grows the stack.
 ///
 /// # Errors
 ///
 /// - [`AltStackError::TooSmall`] and [`AltStackError::TooLarge`] for a size
 ///   outside the accepted range;
-/// - [`AltStackError::InSignalHandler`] inside a signal handler or another
-///   [`NmiContext`](crate::NmiContext);
+/// - [`AltStackError::InSignalHandler`] inside this library's signal
+///   handlers or another [`NmiContext`](crate::NmiContext);
+/// - [`AltStackError::ThreadExiting`] from a thread-local destructor that
+///   runs after this module's own;
 /// - [`AltStackError::OnAltStack`] while the thread runs on its alternate
 ///   stack;
 /// - [`AltStackError::System`] when `mmap`, `mprotect` or `sigaltstack`
@@ -177,8 +197,11 @@ impl std::error::Error for AltStackError {
 ///
 /// # Async-signal safety
 ///
-/// Not async-signal-safe: it maps memory and may register a thread-local
-/// destructor. Inside a signal handler it returns an error instead.
+/// Not async-signal-safe: it maps memory, allocates and may register a
+/// thread-local destructor. Inside this library's handlers (an
+/// [`NmiContext`](crate::NmiContext)) it returns
+/// [`AltStackError::InSignalHandler`]. Other signal handlers must not call
+/// it, because the call cannot detect them.
 ///
 /// # Examples
 ///
@@ -212,6 +235,10 @@ pub fn ensure_alt_stack(min_size: usize) -> Result<AltStack, AltStackError> {
     if crate::in_nmi() {
         return Err(AltStackError::InSignalHandler);
     }
+    // A destroyed list could not free a new stack at thread exit.
+    if OWNED_STACKS.try_with(|_| ()).is_err() {
+        return Err(AltStackError::ThreadExiting);
+    }
 
     // Step 2: keep a stack that is already large enough.
     let current = sys::query_alt_stack().map_err(|source| AltStackError::System {
@@ -227,8 +254,7 @@ pub fn ensure_alt_stack(min_size: usize) -> Result<AltStack, AltStackError> {
         });
     }
 
-    // Step 3: map and install a new one, then free the one this thread
-    // installed earlier, if any.
+    // Step 3: map and install a new one, and add it to the thread's list.
     let page = sys::page_size();
     let size = min_size.div_ceil(page) * page;
     let mapping = sys::map_guarded_stack(size, page)
@@ -245,66 +271,79 @@ pub fn ensure_alt_stack(min_size: usize) -> Result<AltStack, AltStackError> {
             source,
         });
     }
-    // `try_with` fails only when called from a thread-local destructor at
-    // thread exit; the stack then stays mapped until the process exits.
-    if let Err(mapping) = OWNED_STACK.try_with(|owned| owned.replace(mapping)) {
-        log::debug!("leaking an alternate signal stack installed during thread exit: {mapping}");
+    // The list was alive in step 1 and no thread-local destructor has run
+    // since, so `push` runs.
+    if let Err(error) = OWNED_STACKS.try_with(|owned| owned.push(mapping)) {
+        log::warn!("leaking an alternate signal stack installed during thread exit: {error}");
     }
     log::debug!("installed a {size}-byte alternate signal stack");
     Ok(AltStack::Installed { size })
 }
 
 thread_local! {
-    /// The alternate stack that [`ensure_alt_stack`] installed on this
-    /// thread. It is touched only by `ensure_alt_stack` and at thread exit,
-    /// never on the signal path.
-    static OWNED_STACK: OwnedStack = const {
-        OwnedStack {
-            mapping: Cell::new(sys::StackMapping::EMPTY),
+    /// The alternate stacks that [`ensure_alt_stack`] installed on this
+    /// thread, the installed one last. It is touched only by
+    /// `ensure_alt_stack` and at thread exit, never on the signal path.
+    static OWNED_STACKS: OwnedStacks = const {
+        OwnedStacks {
+            mappings: RefCell::new(Vec::new()),
         }
     };
 }
 
-/// Owner of the calling thread's mapped alternate stack.
-struct OwnedStack {
-    mapping: Cell<sys::StackMapping>,
+/// Owner of the calling thread's mapped alternate stacks.
+struct OwnedStacks {
+    mappings: RefCell<Vec<sys::StackMapping>>,
 }
 
-impl OwnedStack {
-    /// Takes ownership of `mapping`, which is now the installed stack, and
-    /// unmaps the previously owned one, which no longer is.
-    fn replace(&self, mapping: sys::StackMapping) {
-        let old = self.mapping.replace(mapping);
-        old.unmap();
+impl OwnedStacks {
+    /// Takes ownership of `mapping`, which is now the installed stack. The
+    /// stacks it replaced stay mapped: a signal handler that was running when
+    /// one of them was replaced reinstalls it on return (the kernel restores
+    /// `uc_stack`), and so does code that saved it and restores it.
+    fn push(&self, mapping: sys::StackMapping) {
+        self.mappings.borrow_mut().push(mapping);
     }
 }
 
-impl Drop for OwnedStack {
+impl Drop for OwnedStacks {
     fn drop(&mut self) {
-        let mapping = self.mapping.replace(sys::StackMapping::EMPTY);
-        if mapping.is_empty() {
+        let mappings = core::mem::take(self.mappings.get_mut());
+        if mappings.is_empty() {
             return;
         }
-        // Disable the stack only if it is still ours: the standard library
-        // may have disabled it already, or someone may have installed
-        // another one since.
-        if let Ok(current) = sys::query_alt_stack() {
-            if current.ss_flags & libc::SS_DISABLE == 0 && current.ss_sp == mapping.stack_start() {
-                let disabled = libc::stack_t {
-                    ss_sp: core::ptr::null_mut(),
-                    ss_flags: libc::SS_DISABLE,
-                    ss_size: 0,
-                };
-                if let Err(error) = sys::set_alt_stack(&disabled) {
-                    // Unmapping a stack the kernel may still use would turn
-                    // the next signal into a crash, so leak it instead.
-                    log::warn!(
-                        "could not disable the alternate signal stack at thread exit: {error}"
-                    );
-                    return;
-                }
+
+        // Disable the installed stack if it is one of ours. The standard
+        // library may have disabled it already, or someone may have
+        // installed another one since.
+        let current = match sys::query_alt_stack() {
+            Ok(current) => current,
+            Err(error) => {
+                // Unmapping a stack the kernel may still use would turn the
+                // next signal into a crash, so leak them instead.
+                log::warn!("could not query the alternate signal stack at thread exit: {error}");
+                return;
+            }
+        };
+        let installed_is_ours = current.ss_flags & libc::SS_DISABLE == 0
+            && mappings
+                .iter()
+                .any(|mapping| mapping.stack_start() == current.ss_sp);
+        if installed_is_ours {
+            let disabled = libc::stack_t {
+                ss_sp: core::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            if let Err(error) = sys::set_alt_stack(&disabled) {
+                // As above: leak rather than unmap a stack in use.
+                log::warn!("could not disable the alternate signal stack at thread exit: {error}");
+                return;
             }
         }
-        mapping.unmap();
+
+        for mapping in mappings {
+            mapping.unmap();
+        }
     }
 }

@@ -318,7 +318,7 @@ pub(crate) fn set_alt_stack(stack: &libc::stack_t) -> io::Result<()> {
 /// inaccessible guard page. Unmapping is explicit ([`StackMapping::unmap`]),
 /// because the owner must first make sure the kernel no longer uses it.
 pub(crate) struct StackMapping {
-    /// Start of the mapping (the guard page), or null for no mapping.
+    /// Start of the mapping (the guard page).
     base: *mut c_void,
     /// Length of the whole mapping in bytes, guard page included.
     len: usize,
@@ -327,18 +327,6 @@ pub(crate) struct StackMapping {
 }
 
 impl StackMapping {
-    /// No mapping.
-    pub(crate) const EMPTY: StackMapping = StackMapping {
-        base: ptr::null_mut(),
-        len: 0,
-        guard: 0,
-    };
-
-    /// Returns whether this is [`StackMapping::EMPTY`].
-    pub(crate) fn is_empty(&self) -> bool {
-        self.base.is_null()
-    }
-
     /// Returns the lowest usable address, just above the guard page.
     pub(crate) fn stack_start(&self) -> *mut c_void {
         self.base.wrapping_byte_add(self.guard)
@@ -347,9 +335,6 @@ impl StackMapping {
     /// Unmaps the memory. The caller has made sure that no signal stack
     /// points into it any more.
     pub(crate) fn unmap(self) {
-        if self.is_empty() {
-            return;
-        }
         // SAFETY: `base` and `len` describe a mapping created by
         // `map_guarded_stack` that nothing else unmaps, because each
         // `StackMapping` is unmapped at most once (`unmap` takes `self`).
