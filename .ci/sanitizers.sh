@@ -10,7 +10,8 @@
 #   2. AddressSanitizer on the whole nmi-rcu test suite and on a 5-second
 #      `nmi-rcu torture` run.
 #   3. ThreadSanitizer on the core tests (grace periods, stalls, the hard
-#      cases and the property test), with .ci/tsan.supp.
+#      cases and the property test), built with --cfg nmi_rcu_tsan so that
+#      TSan sees the grace-period ordering, with .ci/tsan.supp for std.
 #
 # Without a nightly toolchain the script prints why and exits 0.
 #
@@ -127,12 +128,18 @@ CARGO_TARGET_DIR="$ROOT_TARGET_DIR/address" \
 timeout 120 "$ROOT_TARGET_DIR/address/$TARGET/debug/nmi-rcu" torture --duration 5
 unset ASAN_OPTIONS
 
-stage "ThreadSanitizer: core tests"
+stage "ThreadSanitizer: core tests, grace-period ordering visible to TSan"
+# --cfg nmi_rcu_tsan: TSan models neither standalone fences nor
+# membarrier(2), which order readers before frees in normal builds. The cfg
+# makes the store that ends a section Release and the grace period's scan
+# Acquire, so TSan checks that every free after a grace period is ordered
+# after the sections it waited for; without it each such free is reported.
 # Skipped: the tests that fork, because ThreadSanitizer does not support
 # starting threads in the child of a multi-threaded fork(). Also the signal
 # storm of hard_cases: TSan defers signals to its own safe points and lost
 # some of the queued real-time signals there, so the test timed out.
 TSAN_OPTIONS="suppressions=$PWD/.ci/tsan.supp:halt_on_error=1" \
+    EXTRA_RUSTFLAGS="--cfg nmi_rcu_tsan" \
     sanitized_test thread 600 --lib --test grace_period --test liveness \
     --test hard_cases --test prop_ops -- --skip fork \
     --skip signal_during_own_unregister_runs_handler_or_previous

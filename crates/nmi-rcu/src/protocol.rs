@@ -71,7 +71,9 @@
 //!   an unregistered thread the fallback path; the two paths share no
 //!   per-thread state, so they cannot corrupt each other.
 
-use crate::sync::{compiler_fence, fence, AtomicUsize, CachePadded, Ordering};
+use crate::sync::{
+    compiler_fence, fence, AtomicUsize, CachePadded, Ordering, EXIT_STORE, SCAN_LOAD,
+};
 
 /// One unit of read-side nesting in a [`ReaderWord`].
 pub(crate) const NEST_ONE: usize = 1;
@@ -196,8 +198,9 @@ pub(crate) fn word_exit_interruptible(
         // testing for the outermost exit would cost a branch.
         Barriers::Asymmetric => compiler_fence(),
     }
-    // Relaxed: ordered by the barrier above for the outermost exit.
-    word.store(current - NEST_ONE, Ordering::Relaxed);
+    // Relaxed (`EXIT_STORE`): ordered by the barrier above for the
+    // outermost exit.
+    word.store(current - NEST_ONE, EXIT_STORE);
 }
 
 /// The state of a reader word as a grace period sees it.
@@ -310,7 +313,7 @@ impl FallbackCounters {
     pub(crate) fn open_sections(&self, phase_index: usize) -> usize {
         let unlocks = self.unlock[phase_index]
             .iter()
-            .fold(0usize, |sum, c| sum.wrapping_add(c.load(Ordering::Relaxed)));
+            .fold(0usize, |sum, c| sum.wrapping_add(c.load(SCAN_LOAD)));
         // Pairs with the readers' SeqCst increments: see `enter`.
         fence(Ordering::SeqCst);
         let locks = self.lock[phase_index]

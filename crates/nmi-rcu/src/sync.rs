@@ -15,6 +15,28 @@ pub(crate) use loom::sync::atomic::{fence, AtomicUsize};
 
 pub(crate) use core::sync::atomic::Ordering;
 
+/// Ordering of the store that ends a read-side critical section on a
+/// registered thread. Relaxed in normal builds, where a fence or the
+/// updater's membarrier(2) orders the section's loads before it.
+/// ThreadSanitizer models neither, so under `--cfg nmi_rcu_tsan` it is
+/// Release, pairing with [`SCAN_LOAD`], and TSan sees the grace period
+/// order the section before the free.
+pub(crate) const EXIT_STORE: Ordering = if cfg!(nmi_rcu_tsan) {
+    Ordering::Release
+} else {
+    Ordering::Relaxed
+};
+
+/// Ordering of the grace period's loads of reader state (reader words and
+/// the fallback path's unlock counters). Relaxed in normal builds, where
+/// fences and membarrier(2) order them; Acquire under `--cfg nmi_rcu_tsan`,
+/// for the reason given on [`EXIT_STORE`].
+pub(crate) const SCAN_LOAD: Ordering = if cfg!(nmi_rcu_tsan) {
+    Ordering::Acquire
+} else {
+    Ordering::Relaxed
+};
+
 /// A compiler-only barrier. Loom has no notion of compiler reordering, so
 /// under loom it is a no-op and the models rely on the fenced reader path.
 #[inline(always)]

@@ -27,6 +27,7 @@ use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::protocol::{word_state, ReaderWord, WordState, NEST_MASK};
+use crate::sync::SCAN_LOAD;
 use crate::sys;
 
 /// The maximum number of threads registered at once. Further threads take
@@ -272,10 +273,10 @@ pub(crate) fn any_active_in(id: usize, phase: usize) -> bool {
     // SeqCst: see `claim_slot`.
     let high_water = HIGH_WATER.load(Ordering::SeqCst);
     SLOTS[..high_water].iter().any(|slot| {
-        // Relaxed, for the state and the word: the grace period's barriers
-        // order these loads (protocol module notes).
-        slot.state.load(Ordering::Relaxed) == IN_USE
-            && word_state(slot.words[id].load(Ordering::Relaxed)) == WordState::Active { phase }
+        // Relaxed (`SCAN_LOAD`), for the state and the word: the grace
+        // period's barriers order these loads (protocol module notes).
+        slot.state.load(SCAN_LOAD) == IN_USE
+            && word_state(slot.words[id].load(SCAN_LOAD)) == WordState::Active { phase }
     })
 }
 
