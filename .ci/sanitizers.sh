@@ -11,7 +11,7 @@
 #      `nmi-rcu torture` run.
 #   3. ThreadSanitizer on the core tests (grace periods, stalls, the hard
 #      cases and the property test), built with --cfg nmi_rcu_tsan so that
-#      TSan sees the grace-period ordering, with .ci/tsan.supp for std.
+#      TSan can check the grace-period ordering, with .ci/tsan.supp for std.
 #
 # Without a nightly toolchain the script prints why and exits 0.
 #
@@ -133,7 +133,7 @@ stage "ThreadSanitizer: core tests, grace-period ordering visible to TSan"
 # membarrier(2), which order readers before frees in normal builds. The cfg
 # makes the store that ends a section Release and the grace period's scan
 # Acquire, so TSan checks that every free after a grace period is ordered
-# after the sections it waited for; without it each such free is reported.
+# after the sections it waited for. Without it each such free is reported.
 # Skipped: the tests that fork, because ThreadSanitizer does not support
 # starting threads in the child of a multi-threaded fork(). Also the signal
 # storm of hard_cases: TSan defers signals to its own safe points and lost

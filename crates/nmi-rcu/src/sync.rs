@@ -19,8 +19,8 @@ pub(crate) use core::sync::atomic::Ordering;
 /// registered thread. Relaxed in normal builds, where a fence or the
 /// updater's membarrier(2) orders the section's loads before it.
 /// ThreadSanitizer models neither, so under `--cfg nmi_rcu_tsan` it is
-/// Release, pairing with [`SCAN_LOAD`], and TSan sees the grace period
-/// order the section before the free.
+/// Release, pairing with [`SCAN_LOAD`], so that TSan can follow the grace
+/// period's ordering of the section before the free.
 pub(crate) const EXIT_STORE: Ordering = if cfg!(nmi_rcu_tsan) {
     Ordering::Release
 } else {
