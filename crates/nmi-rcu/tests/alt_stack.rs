@@ -396,6 +396,21 @@ fn is_mapped(stack: &libc::stack_t) -> bool {
     rc == 0
 }
 
+/// Runs the child for `name` and checks that it exited with status 0 after
+/// printing `survived`.
+fn assert_child_survived(name: &str) {
+    let output = run_child(name);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "status {:?}, stdout {stdout}, stderr {}",
+        output.status,
+        text(&output.stderr)
+    );
+    assert!(stdout.contains("survived"), "stdout {stdout}");
+}
+
 /// Raises `signo` in the calling thread; it must have a handler.
 fn raise(signo: c_int) {
     // SAFETY: every caller installed a handler for `signo` first.
@@ -472,16 +487,7 @@ fn stack_replaced_inside_foreign_handler_stays_mapped() {
         .expect("thread");
     });
 
-    let output = run_child(NAME);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "status {:?}, stdout {}, stderr {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    assert!(text(&output.stdout).contains("survived"));
+    assert_child_survived(NAME);
 }
 
 /// Code that saved the stack with `sigaltstack` and restores it after the
@@ -509,16 +515,7 @@ fn saved_and_restored_stack_stays_mapped() {
         .expect("thread");
     });
 
-    let output = run_child(NAME);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "status {:?}, stdout {}, stderr {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    assert!(text(&output.stdout).contains("survived"));
+    assert_child_survived(NAME);
 }
 
 /// A thread-local destructor that runs after the stack list's own (they run

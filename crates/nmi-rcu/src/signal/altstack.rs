@@ -23,7 +23,7 @@
 //! The stacks are owned by a thread-local list whose destructor disables the
 //! installed stack if it is one of them, and then unmaps them all. A stack
 //! that a larger one replaced stays mapped until then, because the kernel
-//! may install it again: a signal handler that was running when it was
+//! may install it again. A signal handler that was running when it was
 //! replaced gets it back on return, and so does code that saved it with
 //! `sigaltstack` and restores it. The standard library disables the
 //! alternate stack of the threads it starts when their main function
