@@ -894,7 +894,7 @@ impl GracePeriod for GracePeriodRun<'_> {
         // No `sched_yield`: on Linux 6.18 (EEVDF scheduler), with a busy
         // reader on every core, a yielding updater stayed off the CPU for
         // about a scheduler tick, and `synchronize` had a p99 of 4 ms. A
-        // sleeping one gets the CPU back when its timer fires: p99 95-107 us
+        // sleeping one gets the CPU back when its timer fires: p99 95-112 us
         // in the same benchmark on a 2-core VM.
         match waited {
             0..=127 => core::hint::spin_loop(),

@@ -272,7 +272,7 @@ fn sizes_out_of_range_are_rejected() {
 }
 
 #[test]
-fn large_enough_stack_is_kept_and_small_one_grown() {
+fn large_stack_kept_small_grown() {
     std::thread::spawn(|| {
         let first = ensure_alt_stack(RECOMMENDED_ALT_STACK_SIZE).expect("first");
         assert!(matches!(first, AltStack::Installed { .. }), "{first:?}");
@@ -491,7 +491,8 @@ fn stack_replaced_inside_foreign_handler_stays_mapped() {
 }
 
 /// Code that saved the stack with `sigaltstack` and restores it after the
-/// stack was grown puts an older stack of ours back; it must still be mapped.
+/// stack was grown puts an older stack of ours back, so that stack must
+/// still be mapped.
 #[test]
 fn saved_and_restored_stack_stays_mapped() {
     const NAME: &str = "saved_and_restored_stack_stays_mapped";
